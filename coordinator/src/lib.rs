@@ -1,0 +1,6 @@
+//! tunefleet's coordinator: it turns sweep specs into trials, hands them to workers over gRPC,
+//! keeps every sweep, trial and attempt in a durable store and selects the final ensemble.
+
+pub mod ensemble;
+pub mod search;
+pub mod spec;

@@ -1,0 +1,4 @@
+//! tunefleet's worker: an agent that registers its slots with a coordinator, takes trials and
+//! trains each one in a child process through libtorch.
+
+pub mod train;
