@@ -2,5 +2,13 @@
 //! keeps every sweep, trial and attempt in a durable store and selects the final ensemble.
 
 pub mod ensemble;
+pub mod error;
 pub mod search;
+pub mod service;
 pub mod spec;
+pub mod state;
+pub mod store;
+pub mod summary;
+
+pub use error::CoordinatorError;
+pub use service::{Coordinator, CoordinatorConfig};

@@ -1,10 +1,54 @@
 //! Sweep specs: the TOML a user writes, parsed and validated in full before any trial exists.
+//!
+//! `docs/spec.md` documents every key. Each error names the dotted key path, the value found and
+//! what is allowed, so a user can fix the spec without reading this code.
+
+mod parameters;
+mod section;
 
 use std::path::{Path, PathBuf};
 
+use tunefleet_proto::hyper;
 use tunefleet_proto::Value;
 
+use self::parameters::parse_parameters;
+use self::section::{describe, invalid, schema_error, to_value, toml_error, Section};
 use crate::ensemble::SelectionMetric;
+use crate::search;
+
+/// Maximum length of a sweep name, in characters.
+const MAX_NAME_CHARS: usize = 128;
+/// Maximum number of trials in one sweep. It also caps the default `max_trials` of a grid.
+const MAX_TRIALS: u32 = 100_000;
+const DEFAULT_RANDOM_TRIALS: u32 = 10;
+const DEFAULT_EPOCHS: u32 = 10;
+const MAX_EPOCHS: u32 = 10_000;
+const DEFAULT_ENSEMBLE_SIZE: u32 = 10;
+const MAX_ENSEMBLE_SIZE: u32 = 1_000;
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "objective",
+    "search",
+    "parameters",
+    "task",
+    "ensemble",
+];
+const OBJECTIVE_KEYS: &[&str] = &["metric", "goal"];
+const SEARCH_KEYS: &[&str] = &[
+    "method",
+    "max_trials",
+    "max_concurrent",
+    "max_failed",
+    "seed",
+];
+const TASK_KEYS: &[&str] = &["model", "dataset", "epochs", "hyperparameters"];
+const ENSEMBLE_KEYS: &[&str] = &["size", "init_size", "metric"];
+
+const OBJECTIVE_METRICS: &[&str] = &["val_accuracy", "val_loss", "train_loss"];
+const GOALS: &[&str] = &["maximize", "minimize"];
+const METHODS: &[&str] = &["grid", "random"];
+const SELECTION_METRICS: &[&str] = &["accuracy", "loss"];
 
 /// A validated sweep spec. Every key of `docs/spec.md` maps onto one field.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,9 +106,9 @@ pub struct ParameterSpec {
 pub enum Domain {
     /// An explicit list, each value keeping its TOML type.
     Values(Vec<Value>),
-    /// Floats drawn uniformly from [min, max).
+    /// Floats drawn uniformly between min and max.
     Uniform { min: f64, max: f64 },
-    /// Floats whose logarithm is uniform in [ln min, ln max).
+    /// Floats whose logarithm is uniform between ln min and ln max, with min above 0.
     LogUniform { min: f64, max: f64 },
     /// Ints min, min + step, ... up to and including max when it lies on the step.
     Int { min: i64, max: i64, step: i64 },
@@ -99,8 +143,864 @@ pub struct SpecError(pub String);
 
 impl SweepSpec {
     /// Parses and validates a spec, resolving a relative dataset path against `base_dir`.
+    ///
+    /// The dataset file is not opened here, so parsing does no I/O.
     pub fn parse(toml_text: &str, base_dir: &Path) -> Result<SweepSpec, SpecError> {
-        let _ = (toml_text, base_dir);
-        todo!("spec parsing")
+        let root: toml::Table = toml_text
+            .parse()
+            .map_err(|err| toml_error(toml_text, err))?;
+        let root = Section::root(&root);
+        root.check_keys(TOP_KEYS)?;
+
+        let name = parse_name(&root)?;
+        let objective = parse_objective(&root.section("objective")?)?;
+        let search_section = root.section("search")?;
+        let method = parse_method(&search_section)?;
+        let task_section = root.section("task")?;
+        let mut task = parse_task(&task_section, base_dir)?;
+        let parameters = parse_parameters(&root.section("parameters")?, &task.model, method)?;
+        task.hyperparameters = parse_fixed(&task_section.section("hyperparameters")?, &task.model)?;
+        check_fixed_not_searched(&task.hyperparameters, &parameters)?;
+        let search = parse_search(&search_section, method, &parameters)?;
+        let ensemble = parse_ensemble(&root.section("ensemble")?, &objective)?;
+
+        Ok(SweepSpec {
+            name,
+            objective,
+            search,
+            parameters,
+            task,
+            ensemble,
+        })
+    }
+}
+
+fn parse_name(root: &Section) -> Result<String, SpecError> {
+    let expected = format!("a non-blank string of at most {MAX_NAME_CHARS} characters");
+    let name = root
+        .string("name", &expected)?
+        .ok_or_else(|| root.missing("name", &expected))?;
+    let num_chars = name.chars().count();
+    if name.trim().is_empty() {
+        return Err(invalid("name", &expected, &format!("{name:?}")));
+    }
+    if num_chars > MAX_NAME_CHARS {
+        let got = format!("a string of {num_chars} characters");
+        return Err(invalid("name", &expected, &got));
+    }
+    Ok(name.to_string())
+}
+
+fn parse_objective(section: &Section) -> Result<ObjectiveSpec, SpecError> {
+    section.check_keys(OBJECTIVE_KEYS)?;
+    let metric = section.required_choice("metric", OBJECTIVE_METRICS)?;
+    let goal = match section.choice("goal", GOALS)? {
+        Some("maximize") => Goal::Maximize,
+        Some(_) => Goal::Minimize,
+        None if metric.ends_with("accuracy") => Goal::Maximize,
+        None => Goal::Minimize,
+    };
+    Ok(ObjectiveSpec {
+        metric: metric.to_string(),
+        goal,
+    })
+}
+
+fn parse_method(section: &Section) -> Result<Method, SpecError> {
+    section.check_keys(SEARCH_KEYS)?;
+    Ok(match section.choice("method", METHODS)? {
+        Some("grid") => Method::Grid,
+        _ => Method::Random,
+    })
+}
+
+/// Reads the rest of `[search]`, whose default `max_trials` depends on the parsed space.
+fn parse_search(
+    section: &Section,
+    method: Method,
+    parameters: &[ParameterSpec],
+) -> Result<SearchSpec, SpecError> {
+    let max_trials = match section.u32("max_trials", 1, MAX_TRIALS)? {
+        Some(max_trials) => max_trials,
+        None if method == Method::Random => DEFAULT_RANDOM_TRIALS,
+        None => {
+            let grid_size = search::grid_size(parameters).unwrap_or(u64::MAX);
+            // The grid has at least one point because every domain is non-empty.
+            grid_size.min(MAX_TRIALS.into()) as u32
+        }
+    };
+    let seed = section.int("seed", 0, i64::MAX)?.unwrap_or(0);
+    Ok(SearchSpec {
+        method,
+        max_trials,
+        max_concurrent: section.u32("max_concurrent", 1, u32::MAX)?,
+        max_failed: section.u32("max_failed", 0, u32::MAX)?,
+        // The range check above keeps the seed non-negative.
+        seed: seed as u64,
+    })
+}
+
+/// Reads `[task]` except its fixed hyperparameters, which need the model first.
+fn parse_task(section: &Section, base_dir: &Path) -> Result<TaskSpec, SpecError> {
+    section.check_keys(TASK_KEYS)?;
+    let model = section.required_choice("model", hyper::MODELS)?;
+
+    let expected = "a non-empty path to the dataset file";
+    let dataset = section
+        .string("dataset", expected)?
+        .ok_or_else(|| section.missing("dataset", expected))?;
+    if dataset.is_empty() {
+        return Err(invalid("task.dataset", expected, "\"\""));
+    }
+
+    let epochs = section.u32("epochs", 1, MAX_EPOCHS)?;
+    Ok(TaskSpec {
+        model: model.to_string(),
+        dataset: base_dir.join(dataset),
+        epochs: epochs.unwrap_or(DEFAULT_EPOCHS),
+        hyperparameters: Vec::new(),
+    })
+}
+
+fn parse_fixed(section: &Section, model: &str) -> Result<Vec<(String, Value)>, SpecError> {
+    let Some(table) = section.table else {
+        return Ok(Vec::new());
+    };
+    let mut fixed = Vec::with_capacity(table.len());
+    for (name, raw) in table {
+        let path = section.key_path(name);
+        let def = hyper::lookup(model, name).map_err(|err| schema_error(&path, err))?;
+        let value = to_value(&path, raw)?;
+        hyper::check_value(def, &value).map_err(|err| schema_error(&path, err))?;
+        fixed.push((name.clone(), value));
+    }
+    Ok(fixed)
+}
+
+fn check_fixed_not_searched(
+    fixed: &[(String, Value)],
+    parameters: &[ParameterSpec],
+) -> Result<(), SpecError> {
+    for (name, _) in fixed {
+        if parameters.iter().any(|parameter| &parameter.name == name) {
+            return Err(SpecError(format!(
+                "invalid task.hyperparameters.{name}: {name:?} is also a search parameter in \
+                 [parameters], so remove it from one of the two"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn parse_ensemble(section: &Section, objective: &ObjectiveSpec) -> Result<EnsembleSpec, SpecError> {
+    section.check_keys(ENSEMBLE_KEYS)?;
+    let size = section
+        .u32("size", 1, MAX_ENSEMBLE_SIZE)?
+        .unwrap_or(DEFAULT_ENSEMBLE_SIZE);
+
+    let init_size = match section.get("init_size") {
+        Some(toml::Value::Integer(i)) if (1..=i64::from(size)).contains(i) => *i as u32,
+        Some(raw) => {
+            let expected = format!("an int from 1 to ensemble.size ({size})");
+            let got = match raw {
+                toml::Value::Integer(i) => i.to_string(),
+                other => describe(other),
+            };
+            return Err(invalid("ensemble.init_size", &expected, &got));
+        }
+        None => 1,
+    };
+
+    let metric = match section.choice("metric", SELECTION_METRICS)? {
+        Some("accuracy") => SelectionMetric::Accuracy,
+        Some(_) => SelectionMetric::Loss,
+        None if objective.metric.ends_with("accuracy") => SelectionMetric::Accuracy,
+        None => SelectionMetric::Loss,
+    };
+    Ok(EnsembleSpec {
+        size,
+        init_size,
+        metric,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a valid spec up to the end of `[task]`, followed by `rest`.
+    fn spec_text(rest: &str) -> String {
+        format!(
+            "name = \"t\"\n[objective]\nmetric = \"val_accuracy\"\n\
+             [task]\nmodel = \"mlp\"\ndataset = \"d.npz\"\n{rest}"
+        )
+    }
+
+    fn parse(text: &str) -> Result<SweepSpec, SpecError> {
+        SweepSpec::parse(text, Path::new("/specs"))
+    }
+
+    fn parse_ok(text: &str) -> SweepSpec {
+        parse(text).unwrap_or_else(|err| panic!("spec should parse: {err}\n{text}"))
+    }
+
+    fn parse_err(text: &str) -> String {
+        match parse(text) {
+            Ok(spec) => panic!("spec should fail: {spec:?}\n{text}"),
+            Err(err) => err.0,
+        }
+    }
+
+    /// Invalid specs with the exact message each must produce.
+    fn invalid_cases() -> Vec<(&'static str, String, String)> {
+        let long_name = "a".repeat(MAX_NAME_CHARS + 1);
+        let task = "[task]\nmodel = \"mlp\"\ndataset = \"d.npz\"\n";
+        let objective = "[objective]\nmetric = \"val_accuracy\"\n";
+        let cases: Vec<(&str, String, &str)> =
+            vec![
+            (
+                "unknown top-level key",
+                format!("title = \"x\"\n{}", spec_text("")),
+                "unknown key title: expected one of name, objective, search, parameters, task, \
+                 ensemble",
+            ),
+            (
+                "section not a table",
+                format!("search = 5\n{}", spec_text("")),
+                "invalid search: expected a table, got 5 (int)",
+            ),
+            (
+                "missing name",
+                format!("{objective}{task}"),
+                "missing name: expected a non-blank string of at most 128 characters",
+            ),
+            (
+                "blank name",
+                format!("name = \" \"\n{objective}{task}"),
+                "invalid name: expected a non-blank string of at most 128 characters, got \" \"",
+            ),
+            (
+                "name too long",
+                format!("name = \"{long_name}\"\n{objective}{task}"),
+                "invalid name: expected a non-blank string of at most 128 characters, got a \
+                 string of 129 characters",
+            ),
+            (
+                "name not a string",
+                format!("name = 5\n{objective}{task}"),
+                "invalid name: expected a non-blank string of at most 128 characters, got 5 (int)",
+            ),
+            (
+                "missing objective metric",
+                format!("name = \"t\"\n{task}"),
+                "missing objective.metric: expected one of \"val_accuracy\", \"val_loss\", \
+                 \"train_loss\"",
+            ),
+            (
+                "unknown objective metric",
+                format!("name = \"t\"\n[objective]\nmetric = \"accuracy\"\n{task}"),
+                "invalid objective.metric: expected one of \"val_accuracy\", \"val_loss\", \
+                 \"train_loss\", got \"accuracy\"",
+            ),
+            (
+                "unknown goal",
+                format!("name = \"t\"\n{objective}goal = \"max\"\n{task}"),
+                "invalid objective.goal: expected one of \"maximize\", \"minimize\", got \"max\"",
+            ),
+            (
+                "unknown objective key",
+                format!("name = \"t\"\n{objective}direction = \"max\"\n{task}"),
+                "unknown key objective.direction: expected one of metric, goal",
+            ),
+            (
+                "unknown method",
+                spec_text("[search]\nmethod = \"bayes\""),
+                "invalid search.method: expected one of \"grid\", \"random\", got \"bayes\"",
+            ),
+            (
+                "unknown search key",
+                spec_text("[search]\nmax_trial = 5"),
+                "unknown key search.max_trial: expected one of method, max_trials, \
+                 max_concurrent, max_failed, seed",
+            ),
+            (
+                "max_trials zero",
+                spec_text("[search]\nmax_trials = 0"),
+                "invalid search.max_trials: expected an int from 1 to 100000, got 0",
+            ),
+            (
+                "max_trials above limit",
+                spec_text("[search]\nmax_trials = 100001"),
+                "invalid search.max_trials: expected an int from 1 to 100000, got 100001",
+            ),
+            (
+                "max_trials float",
+                spec_text("[search]\nmax_trials = 12.0"),
+                "invalid search.max_trials: expected an int from 1 to 100000, got 12.0 (float)",
+            ),
+            (
+                "max_trials string",
+                spec_text("[search]\nmax_trials = \"10\""),
+                "invalid search.max_trials: expected an int from 1 to 100000, got \"10\" (string)",
+            ),
+            (
+                "max_concurrent zero",
+                spec_text("[search]\nmax_concurrent = 0"),
+                "invalid search.max_concurrent: expected an int from 1 to 4294967295, got 0",
+            ),
+            (
+                "max_concurrent above u32",
+                spec_text("[search]\nmax_concurrent = 4294967296"),
+                "invalid search.max_concurrent: expected an int from 1 to 4294967295, got \
+                 4294967296",
+            ),
+            (
+                "max_failed negative",
+                spec_text("[search]\nmax_failed = -1"),
+                "invalid search.max_failed: expected an int from 0 to 4294967295, got -1",
+            ),
+            (
+                "seed negative",
+                spec_text("[search]\nseed = -1"),
+                "invalid search.seed: expected an int >= 0, got -1",
+            ),
+            (
+                "missing model",
+                format!("name = \"t\"\n{objective}[task]\ndataset = \"d.npz\"\n"),
+                "missing task.model: expected one of \"mlp\", \"cnn\"",
+            ),
+            (
+                "unknown model",
+                format!("name = \"t\"\n{objective}[task]\nmodel = \"resnet\"\n"),
+                "invalid task.model: expected one of \"mlp\", \"cnn\", got \"resnet\"",
+            ),
+            (
+                "missing dataset",
+                format!("name = \"t\"\n{objective}[task]\nmodel = \"mlp\"\n"),
+                "missing task.dataset: expected a non-empty path to the dataset file",
+            ),
+            (
+                "empty dataset",
+                format!("name = \"t\"\n{objective}[task]\nmodel = \"mlp\"\ndataset = \"\"\n"),
+                "invalid task.dataset: expected a non-empty path to the dataset file, got \"\"",
+            ),
+            (
+                "epochs zero",
+                spec_text("epochs = 0"),
+                "invalid task.epochs: expected an int from 1 to 10000, got 0",
+            ),
+            (
+                "epochs above limit",
+                spec_text("epochs = 10001"),
+                "invalid task.epochs: expected an int from 1 to 10000, got 10001",
+            ),
+            (
+                "unknown task key",
+                spec_text("epoch = 5"),
+                "unknown key task.epoch: expected one of model, dataset, epochs, hyperparameters",
+            ),
+            (
+                "unknown parameter",
+                spec_text("[parameters]\nmomentu = [0.9]"),
+                "parameters.momentu: unknown hyperparameter \"momentu\" for model \"mlp\": \
+                 expected one of lr, batch_size, optimizer, momentum, weight_decay, dropout, \
+                 hidden_size, hidden_layers",
+            ),
+            (
+                "parameter of another model",
+                spec_text("[parameters]\nchannels = [8]"),
+                "parameters.channels: unknown hyperparameter \"channels\" for model \"mlp\": \
+                 expected one of lr, batch_size, optimizer, momentum, weight_decay, dropout, \
+                 hidden_size, hidden_layers",
+            ),
+            (
+                "listed value out of range",
+                spec_text("[parameters]\nhidden_size = [64, 0]"),
+                "parameters.hidden_size[1]: invalid hyperparameter \"hidden_size\": expected an \
+                 int from 1 to 65536, got 0 (int)",
+            ),
+            (
+                "listed float for int",
+                spec_text("[parameters]\nhidden_size = { values = [64, 128.0] }"),
+                "parameters.hidden_size.values[1]: invalid hyperparameter \"hidden_size\": \
+                 expected an int from 1 to 65536, got 128.0 (float)",
+            ),
+            (
+                "listed unknown optimizer",
+                spec_text("[parameters]\noptimizer = [\"sgd\", \"lbfgs\"]"),
+                "parameters.optimizer[1]: invalid hyperparameter \"optimizer\": expected one of \
+                 \"sgd\", \"adam\", \"adamw\", got \"lbfgs\" (string)",
+            ),
+            (
+                "empty list",
+                spec_text("[parameters]\nlr = []"),
+                "invalid parameters.lr: expected at least one value, got an empty array",
+            ),
+            (
+                "empty values table",
+                spec_text("[parameters]\nlr = { values = [] }"),
+                "invalid parameters.lr.values: expected at least one value, got an empty array",
+            ),
+            (
+                "values not an array",
+                spec_text("[parameters]\nlr = { values = 0.1 }"),
+                "invalid parameters.lr.values: expected an array of values, got 0.1 (float)",
+            ),
+            (
+                "duplicate string",
+                spec_text("[parameters]\noptimizer = [\"sgd\", \"adam\", \"sgd\"]"),
+                "invalid parameters.optimizer[2]: \"sgd\" repeats parameters.optimizer[0], but \
+                 values must be unique",
+            ),
+            (
+                "duplicate float written as int",
+                spec_text("[parameters]\nlr = [1, 1.0]"),
+                "invalid parameters.lr[1]: 1.0 repeats parameters.lr[0], but values must be \
+                 unique",
+            ),
+            (
+                "nested array value",
+                spec_text("[parameters]\nlr = [[0.1]]"),
+                "invalid parameters.lr[0]: expected an int, float, string or bool, got an array",
+            ),
+            (
+                "scalar parameter",
+                spec_text("[parameters]\nlr = 0.01"),
+                "invalid parameters.lr: expected an array of values or a table with a values or \
+                 distribution key, got 0.01 (float), but a fixed value belongs in \
+                 [task.hyperparameters]",
+            ),
+            (
+                "empty parameter table",
+                spec_text("[parameters]\nlr = {}"),
+                "invalid parameters.lr: expected an array of values or a table with a values or \
+                 distribution key, got an empty table",
+            ),
+            (
+                "values and distribution",
+                spec_text("[parameters]\nlr = { values = [0.1], distribution = \"uniform\" }"),
+                "invalid parameters.lr: expected either values or distribution, got both",
+            ),
+            (
+                "unknown parameter table key",
+                spec_text("[parameters]\nlr = { vals = [0.1] }"),
+                "unknown key parameters.lr.vals: expected one of values, distribution",
+            ),
+            (
+                "extra key beside values",
+                spec_text("[parameters]\nhidden_size = { values = [64], step = 2 }"),
+                "unknown key parameters.hidden_size.step: expected one of values",
+            ),
+            (
+                "unknown distribution",
+                spec_text("[parameters]\nlr = { distribution = \"normal\", min = 0.1, max = 1 }"),
+                "invalid parameters.lr.distribution: expected one of \"uniform\", \
+                 \"log_uniform\", \"int\", got \"normal\"",
+            ),
+            (
+                "step on uniform",
+                spec_text(
+                    "[parameters]\n\
+                     dropout = { distribution = \"uniform\", min = 0.0, max = 0.5, step = 0.1 }",
+                ),
+                "unknown key parameters.dropout.step: expected one of distribution, min, max",
+            ),
+            (
+                "missing max",
+                spec_text("[parameters]\ndropout = { distribution = \"uniform\", min = 0.0 }"),
+                "missing parameters.dropout.max: expected a number",
+            ),
+            (
+                "bound not a number",
+                spec_text(
+                    "[parameters]\n\
+                     dropout = { distribution = \"uniform\", min = \"0\", max = 0.5 }",
+                ),
+                "invalid parameters.dropout.min: expected a number, got \"0\" (string)",
+            ),
+            (
+                "bound outside schema",
+                spec_text(
+                    "[parameters]\ndropout = { distribution = \"uniform\", min = 0.0, max = 1.0 }",
+                ),
+                "parameters.dropout.max: invalid hyperparameter \"dropout\": expected a float >= \
+                 0 and < 1, got 1.0 (float)",
+            ),
+            (
+                "log_uniform min zero",
+                spec_text(
+                    "[parameters]\n\
+                     weight_decay = { distribution = \"log_uniform\", min = 0.0, max = 0.1 }",
+                ),
+                "invalid parameters.weight_decay.min: expected a number > 0 for log_uniform, got \
+                 0.0",
+            ),
+            (
+                "log_uniform min outside schema",
+                spec_text("[parameters]\n\
+                 lr = { distribution = \"log_uniform\", min = 0.0, max = 1 }"),
+                "parameters.lr.min: invalid hyperparameter \"lr\": expected a float > 0 and <= \
+                 10, got 0.0 (float)",
+            ),
+            (
+                "uniform min above max",
+                spec_text(
+                    "[parameters]\ndropout = { distribution = \"uniform\", min = 0.5, max = 0.1 }",
+                ),
+                "invalid parameters.dropout: expected min < max, got min = 0.5 and max = 0.1",
+            ),
+            (
+                "uniform min equals max",
+                spec_text("[parameters]\n\
+                 lr = { distribution = \"uniform\", min = 0.1, max = 0.1 }"),
+                "invalid parameters.lr: expected min < max, got min = 0.1 and max = 0.1",
+            ),
+            (
+                "int distribution on float",
+                spec_text("[parameters]\nlr = { distribution = \"int\", min = 1, max = 2 }"),
+                "invalid parameters.lr.distribution: \"int\" is only for int hyperparameters and \
+                 \"lr\" is a float, so use distribution = \"uniform\" or \"log_uniform\"",
+            ),
+            (
+                "uniform distribution on int",
+                spec_text(
+                    "[parameters]\nbatch_size = { distribution = \"uniform\", min = 16, max = 64 }",
+                ),
+                "invalid parameters.batch_size.distribution: \"uniform\" is only for float \
+                 hyperparameters and \"batch_size\" is an int, so use distribution = \"int\" or \
+                 values = [...]",
+            ),
+            (
+                "log_uniform on string",
+                spec_text(
+                    "[parameters]\n\
+                     optimizer = { distribution = \"log_uniform\", min = 1, max = 2 }",
+                ),
+                "invalid parameters.optimizer.distribution: \"log_uniform\" is only for float \
+                 hyperparameters and \"optimizer\" is a string, so use values = [...]",
+            ),
+            (
+                "int bound float",
+                spec_text(
+                    "[parameters]\nbatch_size = { distribution = \"int\", min = 16.0, max = 64 }",
+                ),
+                "invalid parameters.batch_size.min: expected an int, got 16.0 (float)",
+            ),
+            (
+                "int step zero",
+                spec_text(
+                    "[parameters]\n\
+                     batch_size = { distribution = \"int\", min = 16, max = 64, step = 0 }",
+                ),
+                "invalid parameters.batch_size.step: expected an int >= 1, got 0",
+            ),
+            (
+                "int min above max",
+                spec_text(
+                    "[parameters]\nbatch_size = { distribution = \"int\", min = 128, max = 16 }",
+                ),
+                "invalid parameters.batch_size: expected min <= max, got min = 128 and max = 16",
+            ),
+            (
+                "int bound outside schema",
+                spec_text("[parameters]\n\
+                 batch_size = { distribution = \"int\", min = 0, max = 16 }"),
+                "parameters.batch_size.min: invalid hyperparameter \"batch_size\": expected an \
+                 int from 1 to 65536, got 0 (int)",
+            ),
+            (
+                "grid over continuous",
+                spec_text(
+                    "[search]\nmethod = \"grid\"\n[parameters]\n\
+                     lr = { distribution = \"log_uniform\", min = 1e-4, max = 1e-1 }",
+                ),
+                "invalid parameters.lr: grid search needs a finite domain, but \"lr\" has a \
+                 log_uniform distribution, so list its points with values = [...] or set \
+                 search.method = \"random\"",
+            ),
+            (
+                "fixed hyperparameters not a table",
+                spec_text("hyperparameters = 5"),
+                "invalid task.hyperparameters: expected a table, got 5 (int)",
+            ),
+            (
+                "fixed unknown hyperparameter",
+                spec_text("[task.hyperparameters]\nchannels = 8"),
+                "task.hyperparameters.channels: unknown hyperparameter \"channels\" for model \
+                 \"mlp\": expected one of lr, batch_size, optimizer, momentum, weight_decay, \
+                 dropout, hidden_size, hidden_layers",
+            ),
+            (
+                "fixed value outside schema",
+                spec_text("[task.hyperparameters]\nmomentum = 1.0"),
+                "task.hyperparameters.momentum: invalid hyperparameter \"momentum\": expected a \
+                 float >= 0 and < 1 (read by sgd only), got 1.0 (float)",
+            ),
+            (
+                "fixed value array",
+                spec_text("[task.hyperparameters]\nlr = [0.1]"),
+                "invalid task.hyperparameters.lr: expected an int, float, string or bool, got an \
+                 array",
+            ),
+            (
+                "fixed and searched",
+                spec_text("[task.hyperparameters]\nlr = 0.1\n[parameters]\nlr = [0.01, 0.1]"),
+                "invalid task.hyperparameters.lr: \"lr\" is also a search parameter in \
+                 [parameters], so remove it from one of the two",
+            ),
+            (
+                "ensemble size zero",
+                spec_text("[ensemble]\nsize = 0"),
+                "invalid ensemble.size: expected an int from 1 to 1000, got 0",
+            ),
+            (
+                "init_size above size",
+                spec_text("[ensemble]\ninit_size = 11"),
+                "invalid ensemble.init_size: expected an int from 1 to ensemble.size (10), got 11",
+            ),
+            (
+                "init_size float",
+                spec_text("[ensemble]\nsize = 4\ninit_size = 2.0"),
+                "invalid ensemble.init_size: expected an int from 1 to ensemble.size (4), got \
+                 2.0 (float)",
+            ),
+            (
+                "unknown selection metric",
+                spec_text("[ensemble]\nmetric = \"auc\""),
+                "invalid ensemble.metric: expected one of \"accuracy\", \"loss\", got \"auc\"",
+            ),
+            (
+                "unknown ensemble key",
+                spec_text("[ensemble]\nsizes = 3"),
+                "unknown key ensemble.sizes: expected one of size, init_size, metric",
+            ),
+        ];
+        cases
+            .into_iter()
+            .map(|(label, text, expected)| (label, text, expected.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn spec_rejects_invalid_cases() {
+        for (label, text, expected) in invalid_cases() {
+            assert_eq!(parse_err(&text), expected, "case {label:?}");
+        }
+    }
+
+    #[test]
+    fn spec_reports_toml_syntax_position() {
+        let message = parse_err("name = \"t\"\n[objective\n");
+        assert!(message.starts_with("invalid spec TOML: "), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(!message.contains("TOML ints range"), "{message}");
+    }
+
+    #[test]
+    fn spec_reports_int_beyond_i64() {
+        for seed in [
+            "18446744073709551615",
+            "99999999999999999999",
+            "-9223372036854775809",
+        ] {
+            let message = parse_err(&spec_text(&format!("[search]\nseed = {seed}")));
+            assert!(message.starts_with("invalid spec TOML: "), "{message}");
+            assert!(message.contains("line 8"), "{message}");
+            let range = "TOML ints range from -9223372036854775808 to 9223372036854775807";
+            assert!(message.ends_with(range), "{message}");
+        }
+    }
+
+    #[test]
+    fn spec_fills_defaults() {
+        let spec = parse_ok(&spec_text(""));
+        assert_eq!(spec.name, "t");
+        assert_eq!(spec.objective.goal, Goal::Maximize);
+        assert_eq!(
+            spec.search,
+            SearchSpec {
+                method: Method::Random,
+                max_trials: 10,
+                max_concurrent: None,
+                max_failed: None,
+                seed: 0,
+            }
+        );
+        assert!(spec.parameters.is_empty());
+        assert_eq!(spec.task.dataset, Path::new("/specs/d.npz"));
+        assert_eq!(spec.task.epochs, 10);
+        assert!(spec.task.hyperparameters.is_empty());
+        assert_eq!(
+            spec.ensemble,
+            EnsembleSpec {
+                size: 10,
+                init_size: 1,
+                metric: SelectionMetric::Accuracy,
+            }
+        );
+    }
+
+    #[test]
+    fn spec_defaults_follow_loss_metric() {
+        let text = "name = \"t\"\n[objective]\nmetric = \"val_loss\"\n\
+                    [task]\nmodel = \"cnn\"\ndataset = \"d.npz\"\n";
+        let spec = parse_ok(text);
+        assert_eq!(spec.objective.goal, Goal::Minimize);
+        assert_eq!(spec.ensemble.metric, SelectionMetric::Loss);
+    }
+
+    #[test]
+    fn spec_keeps_explicit_settings() {
+        let spec = parse_ok(&spec_text(
+            "epochs = 3\n[search]\nmethod = \"random\"\nmax_trials = 12\nmax_concurrent = 2\n\
+             max_failed = 0\nseed = 7\n[ensemble]\nsize = 5\ninit_size = 5\nmetric = \"loss\"",
+        ));
+        assert_eq!(spec.task.epochs, 3);
+        assert_eq!(spec.search.max_trials, 12);
+        assert_eq!(spec.search.max_concurrent, Some(2));
+        assert_eq!(spec.search.max_failed, Some(0));
+        assert_eq!(spec.search.seed, 7);
+        assert_eq!(spec.ensemble.init_size, 5);
+        assert_eq!(spec.ensemble.metric, SelectionMetric::Loss);
+    }
+
+    #[test]
+    fn spec_keeps_absolute_dataset() {
+        let text = spec_text("").replace("\"d.npz\"", "\"/data/d.npz\"");
+        assert_eq!(parse_ok(&text).task.dataset, Path::new("/data/d.npz"));
+    }
+
+    #[test]
+    fn spec_parses_every_parameter_form_in_order() {
+        let spec = parse_ok(&spec_text(
+            "[parameters]\n\
+             optimizer = [\"sgd\", \"adam\"]\n\
+             hidden_size = { values = [64, 128, 256] }\n\
+             lr = { distribution = \"log_uniform\", min = 1e-4, max = 1e-1 }\n\
+             dropout = { distribution = \"uniform\", min = 0, max = 0.5 }\n\
+             batch_size = { distribution = \"int\", min = 16, max = 128, step = 16 }\n\
+             hidden_layers = { distribution = \"int\", min = 1, max = 3 }\n\
+             weight_decay = [0, 1e-4]",
+        ));
+        let expected = [
+            (
+                "optimizer",
+                Domain::Values(vec![
+                    Value::String("sgd".into()),
+                    Value::String("adam".into()),
+                ]),
+            ),
+            (
+                "hidden_size",
+                Domain::Values(vec![Value::Int(64), Value::Int(128), Value::Int(256)]),
+            ),
+            (
+                "lr",
+                Domain::LogUniform {
+                    min: 1e-4,
+                    max: 1e-1,
+                },
+            ),
+            ("dropout", Domain::Uniform { min: 0.0, max: 0.5 }),
+            (
+                "batch_size",
+                Domain::Int {
+                    min: 16,
+                    max: 128,
+                    step: 16,
+                },
+            ),
+            (
+                "hidden_layers",
+                Domain::Int {
+                    min: 1,
+                    max: 3,
+                    step: 1,
+                },
+            ),
+            (
+                "weight_decay",
+                Domain::Values(vec![Value::Int(0), Value::Float(1e-4)]),
+            ),
+        ];
+        assert_eq!(spec.parameters.len(), expected.len());
+        for (parameter, (name, domain)) in spec.parameters.iter().zip(expected) {
+            assert_eq!(parameter.name, name);
+            assert_eq!(parameter.domain, domain, "parameter {name}");
+        }
+    }
+
+    #[test]
+    fn spec_keeps_fixed_hyperparameters_in_order() {
+        let spec = parse_ok(&spec_text(
+            "[task.hyperparameters]\nmomentum = 0.9\nbatch_size = 32\noptimizer = \"sgd\"",
+        ));
+        let expected = vec![
+            ("momentum".to_string(), Value::Float(0.9)),
+            ("batch_size".to_string(), Value::Int(32)),
+            ("optimizer".to_string(), Value::String("sgd".into())),
+        ];
+        assert_eq!(spec.task.hyperparameters, expected);
+    }
+
+    #[test]
+    fn grid_max_trials_defaults_to_grid_size() {
+        let spec = parse_ok(&spec_text(
+            "[search]\nmethod = \"grid\"\n[parameters]\nlr = [0.01, 0.1]\n\
+             batch_size = { distribution = \"int\", min = 16, max = 64, step = 16 }",
+        ));
+        assert_eq!(spec.search.max_trials, 8);
+    }
+
+    #[test]
+    fn grid_max_trials_default_is_capped() {
+        let spec = parse_ok(&spec_text(
+            "[search]\nmethod = \"grid\"\n[parameters]\n\
+             hidden_size = { distribution = \"int\", min = 1, max = 65536 }\n\
+             hidden_layers = { distribution = \"int\", min = 0, max = 16 }",
+        ));
+        assert_eq!(spec.search.max_trials, MAX_TRIALS);
+    }
+
+    #[test]
+    fn grid_without_parameters_has_one_trial() {
+        let spec = parse_ok(&spec_text("[search]\nmethod = \"grid\""));
+        assert_eq!(spec.search.max_trials, 1);
+    }
+
+    #[test]
+    fn example_specs_parse() {
+        let examples = [
+            ("digits.toml", include_str!("../../examples/digits.toml")),
+            ("quick.toml", include_str!("../../examples/quick.toml")),
+        ];
+        for (file, text) in examples {
+            let parsed = SweepSpec::parse(text, Path::new("examples"));
+            assert!(parsed.is_ok(), "{file}: {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn docs_example_parses() {
+        let docs = include_str!("../../docs/spec.md");
+        let start = docs
+            .find("```toml\n")
+            .expect("docs/spec.md has a TOML example")
+            + 8;
+        let length = docs[start..]
+            .find("```")
+            .expect("the example block is closed");
+        let parsed = SweepSpec::parse(&docs[start..start + length], Path::new("docs"));
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
+
+    #[test]
+    fn quick_example_is_small_grid() {
+        let text = include_str!("../../examples/quick.toml");
+        let spec = SweepSpec::parse(text, Path::new("examples")).unwrap();
+        assert_eq!(spec.search.method, Method::Grid);
+        assert_eq!(spec.search.max_trials, 4);
+        assert_eq!(spec.task.epochs, 2);
+        assert_eq!(spec.task.dataset, Path::new("examples/data/digits.npz"));
     }
 }

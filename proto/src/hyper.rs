@@ -222,7 +222,10 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Builds the config from named values, later values overriding earlier ones and
     /// schema defaults filling the rest. Fails on an unknown name or an invalid value.
-    pub fn from_params(model: &str, params: &[(String, Value)]) -> Result<Self, HyperparameterError> {
+    pub fn from_params(
+        model: &str,
+        params: &[(String, Value)],
+    ) -> Result<Self, HyperparameterError> {
         for (name, value) in params {
             check_value(lookup(model, name)?, value)?;
         }
@@ -234,7 +237,9 @@ impl TrainConfig {
                 .map(|(_, v)| v.clone())
                 .unwrap_or_else(|| {
                     let def = HYPERPARAMETERS.iter().find(|d| d.name == name);
-                    def.expect("every TrainConfig field is in HYPERPARAMETERS").default.to_value()
+                    def.expect("every TrainConfig field is in HYPERPARAMETERS")
+                        .default
+                        .to_value()
                 })
         };
         let float = |name: &str| get(name).as_f64().expect("checked as a number");
@@ -243,7 +248,10 @@ impl TrainConfig {
             model: model.to_string(),
             lr: float("lr"),
             batch_size: int("batch_size"),
-            optimizer: get("optimizer").as_str().expect("checked as a string").to_string(),
+            optimizer: get("optimizer")
+                .as_str()
+                .expect("checked as a string")
+                .to_string(),
             momentum: float("momentum"),
             weight_decay: float("weight_decay"),
             dropout: float("dropout"),
@@ -279,7 +287,10 @@ mod tests {
 
     #[test]
     fn config_later_value_wins() {
-        let params = [param("lr", Value::Float(0.1)), param("lr", Value::Float(0.2))];
+        let params = [
+            param("lr", Value::Float(0.1)),
+            param("lr", Value::Float(0.2)),
+        ];
         assert_eq!(TrainConfig::from_params("cnn", &params).unwrap().lr, 0.2);
     }
 
@@ -296,13 +307,17 @@ mod tests {
     fn config_rejects_model_mismatch() {
         let err = TrainConfig::from_params("cnn", &[param("hidden_size", Value::Int(8))]);
         let message = err.unwrap_err().to_string();
-        assert!(message.starts_with("unknown hyperparameter \"hidden_size\" for model \"cnn\""), "{message}");
+        assert!(
+            message.starts_with("unknown hyperparameter \"hidden_size\" for model \"cnn\""),
+            "{message}"
+        );
         assert!(message.contains("channels"), "{message}");
     }
 
     #[test]
     fn config_rejects_unknown_optimizer() {
-        let err = TrainConfig::from_params("mlp", &[param("optimizer", Value::String("lbfgs".into()))]);
+        let err =
+            TrainConfig::from_params("mlp", &[param("optimizer", Value::String("lbfgs".into()))]);
         assert!(err.unwrap_err().to_string().contains("got \"lbfgs\""));
     }
 }

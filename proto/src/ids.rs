@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 /// An id string from a request that is not a UUID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} id {value:?}: expected a UUID such as 67e55044-10b1-426f-9247-bb680e5fe0c8")]
+#[error(
+    "invalid {kind} id {value:?}: expected a UUID such as 67e55044-10b1-426f-9247-bb680e5fe0c8"
+)]
 pub struct IdError {
     pub kind: &'static str,
     pub value: String,

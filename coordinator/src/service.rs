@@ -1,0 +1,555 @@
+//! The coordinator service: the state machine behind a lock, the store it writes through, and
+//! the gRPC handlers of `SweepService` and `WorkerService`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, Notify};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+use tunefleet_proto::v1::sweep_service_server::{SweepService, SweepServiceServer};
+use tunefleet_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use tunefleet_proto::v1::{self, sweep_event::Kind as EventKind, SweepStatus};
+use tunefleet_proto::{now_ms, SweepId, TrialId, WorkerId};
+
+use crate::error::CoordinatorError;
+use crate::spec::SweepSpec;
+use crate::state::{ReportVerdict, Scheduler, SchedulerConfig};
+use crate::store::{EmbeddedStore, StateStore, WriteBatch};
+use crate::summary;
+
+/// The largest gRPC message the coordinator accepts, in bytes (artifact uploads are the largest).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The longest an `AcquireTrial` call waits for work, in milliseconds.
+pub const MAX_ACQUIRE_WAIT_MS: u32 = 30_000;
+const EVENT_CHANNEL_CAPACITY: usize = 4096;
+
+/// Settings of one coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Directory of the embedded store and the artifacts.
+    pub data_dir: PathBuf,
+    pub scheduler: SchedulerConfig,
+    /// How often workers send heartbeats, in milliseconds.
+    pub heartbeat_interval_ms: u32,
+}
+
+impl CoordinatorConfig {
+    /// Builds a config with default timings for the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            scheduler: SchedulerConfig::default(),
+            heartbeat_interval_ms: 2_000,
+        }
+    }
+}
+
+/// A running coordinator; cheap to clone, every clone shares the same state.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CoordinatorConfig,
+    state: Mutex<Scheduler>,
+    store: Box<dyn StateStore>,
+    ensembles: Mutex<HashMap<SweepId, v1::EnsembleSummary>>,
+    events_tx: broadcast::Sender<v1::SweepEvent>,
+    work_available: Notify,
+}
+
+impl Coordinator {
+    /// Opens the embedded store in `config.data_dir` and restores every stored sweep.
+    pub fn open(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
+        let store = EmbeddedStore::open(&config.data_dir)?;
+        Self::with_store(config, Box::new(store))
+    }
+
+    /// Restores the state held by `store`.
+    pub fn with_store(
+        config: CoordinatorConfig,
+        store: Box<dyn StateStore>,
+    ) -> Result<Self, CoordinatorError> {
+        let snapshot = store.load()?;
+        let ensembles = snapshot
+            .ensembles
+            .into_iter()
+            .filter_map(|e| Some((e.sweep_id.parse().ok()?, e)))
+            .collect();
+        let scheduler = Scheduler::restore(
+            config.scheduler.clone(),
+            snapshot.sweeps,
+            snapshot.trials,
+            now_ms(),
+        )?;
+        let (events_tx, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let inner = Inner {
+            config,
+            state: Mutex::new(scheduler),
+            store,
+            ensembles: Mutex::new(ensembles),
+            events_tx,
+            work_available: Notify::new(),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Serves both gRPC services on `listener` until `shutdown` completes, expiring leases in
+    /// the background.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        let address = listener.local_addr().ok();
+        let expiry = tokio::spawn(self.clone().expire_leases_forever());
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            address = ?address,
+            data_dir = %self.inner.config.data_dir.display(),
+            "coordinator serving"
+        );
+        let sweeps = SweepServiceServer::new(self.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let workers = WorkerServiceServer::new(self.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let result = tonic::transport::Server::builder()
+            .add_service(sweeps)
+            .add_service(workers)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        expiry.abort();
+        tracing::info!("coordinator stopped");
+        result
+    }
+
+    async fn expire_leases_forever(self) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            ticker.tick().await;
+            let mut state = self.lock();
+            state.expire_leases(now_ms());
+            if let Err(err) = self.commit(&mut state) {
+                tracing::error!(error = %err, "failed to store expired leases");
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Scheduler> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Persists what the last operation changed, then publishes its events. If the store
+    /// rejects the write, the in-memory state is rebuilt from the store so that it never runs
+    /// ahead of what is durable.
+    fn commit(&self, state: &mut Scheduler) -> Result<(), CoordinatorError> {
+        let changes = state.take_changes();
+        // Only a change to a sweep or trial can make work available; waking waiters on every
+        // call would make idle `AcquireTrial` calls wake each other in a loop.
+        let work_may_be_available = !changes.sweeps.is_empty() || !changes.trials.is_empty();
+        let mut batch = WriteBatch::default();
+        for sweep_id in &changes.sweeps {
+            batch.sweeps.push(state.sweep(*sweep_id)?.clone());
+        }
+        for trial_id in &changes.trials {
+            batch.trials.push(state.trial(*trial_id)?.clone());
+        }
+        if let Err(err) = self.inner.store.write(&batch) {
+            tracing::error!(error = %err, "store write failed; reloading state from the store");
+            self.reload(state);
+            return Err(err.into());
+        }
+        for event in changes.events {
+            // Sending fails only when nobody watches, which is fine.
+            let _ = self.inner.events_tx.send(event);
+        }
+        for sweep_id in changes.ended_sweeps {
+            self.finish_sweep(state, sweep_id);
+        }
+        if work_may_be_available {
+            self.inner.work_available.notify_waiters();
+        }
+        Ok(())
+    }
+
+    fn reload(&self, state: &mut Scheduler) {
+        let restored = self
+            .inner
+            .store
+            .load()
+            .map_err(CoordinatorError::from)
+            .and_then(|s| {
+                Scheduler::restore(
+                    self.inner.config.scheduler.clone(),
+                    s.sweeps,
+                    s.trials,
+                    now_ms(),
+                )
+            });
+        match restored {
+            Ok(scheduler) => *state = scheduler,
+            Err(err) => tracing::error!(error = %err, "reloading state from the store failed"),
+        }
+    }
+
+    /// Selects and stores the ensemble of a sweep that just ended, then announces the end.
+    fn finish_sweep(&self, state: &Scheduler, sweep_id: SweepId) {
+        let Ok(spec) = state.spec(sweep_id) else {
+            return;
+        };
+        let trials = state.trials_of(sweep_id).unwrap_or_default();
+        match summary::build_summary(self.inner.store.as_ref(), sweep_id, spec, &trials) {
+            Ok(ensemble) => {
+                let batch = WriteBatch {
+                    ensembles: vec![ensemble.clone()],
+                    ..Default::default()
+                };
+                if let Err(err) = self.inner.store.write(&batch) {
+                    tracing::error!(%sweep_id, error = %err, "failed to store the ensemble");
+                }
+                tracing::info!(%sweep_id, members = ensemble.members.len(), val_accuracy = ensemble.val_accuracy, test_accuracy = ensemble.test_accuracy, "ensemble selected");
+                self.lock_ensembles().insert(sweep_id, ensemble);
+            }
+            Err(CoordinatorError::NoEnsembleYet(_)) => {}
+            Err(err) => tracing::error!(%sweep_id, error = %err, "ensemble selection failed"),
+        }
+        let Ok(sweep) = state.sweep(sweep_id) else {
+            return;
+        };
+        let event = v1::SweepEvent {
+            kind: EventKind::SweepEnded as i32,
+            sweep: Some(sweep.clone()),
+            trials: Vec::new(),
+        };
+        let _ = self.inner.events_tx.send(event);
+    }
+
+    fn lock_ensembles(&self) -> MutexGuard<'_, HashMap<SweepId, v1::EnsembleSummary>> {
+        self.inner
+            .ensembles
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `op` on the state and commits what it changed.
+    fn mutate<T>(
+        &self,
+        op: impl FnOnce(&mut Scheduler) -> Result<T, CoordinatorError>,
+    ) -> Result<T, CoordinatorError> {
+        let mut state = self.lock();
+        let result = op(&mut state);
+        self.commit(&mut state)?;
+        result
+    }
+
+    /// Creates a sweep from spec text; paths in it resolve against `base_dir`.
+    pub fn create_sweep(
+        &self,
+        spec_toml: &str,
+        base_dir: &str,
+    ) -> Result<v1::Sweep, CoordinatorError> {
+        let spec = SweepSpec::parse(spec_toml, std::path::Path::new(base_dir))?;
+        self.mutate(|state| {
+            let sweep_id = state.create_sweep(spec, spec_toml, base_dir, now_ms());
+            tracing::info!(%sweep_id, name = %state.sweep(sweep_id)?.name, "sweep created");
+            Ok(state.sweep(sweep_id)?.clone())
+        })
+    }
+
+    /// Returns the ensemble of a sweep: the stored one once it ended, else one selected from
+    /// the trials that succeeded so far.
+    pub fn ensemble(&self, sweep_id: SweepId) -> Result<v1::EnsembleSummary, CoordinatorError> {
+        if let Some(ensemble) = self.lock_ensembles().get(&sweep_id) {
+            return Ok(ensemble.clone());
+        }
+        let state = self.lock();
+        let spec = state.spec(sweep_id)?;
+        let trials = state.trials_of(sweep_id)?;
+        summary::build_summary(self.inner.store.as_ref(), sweep_id, spec, &trials)
+    }
+}
+
+fn parse_id<T: std::str::FromStr<Err = tunefleet_proto::IdError>>(
+    value: &str,
+) -> Result<T, Status> {
+    value
+        .parse()
+        .map_err(|err: tunefleet_proto::IdError| Status::from(CoordinatorError::from(err)))
+}
+
+fn attempt_of(attempt: &Option<v1::AttemptRef>) -> Result<&v1::AttemptRef, Status> {
+    attempt
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("missing attempt"))
+}
+
+type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::SweepEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SweepService for Coordinator {
+    async fn create_sweep(
+        &self,
+        request: Request<v1::CreateSweepRequest>,
+    ) -> Result<Response<v1::Sweep>, Status> {
+        let request = request.into_inner();
+        let sweep = Coordinator::create_sweep(self, &request.spec_toml, &request.base_dir)?;
+        Ok(Response::new(sweep))
+    }
+
+    async fn get_sweep(
+        &self,
+        request: Request<v1::GetSweepRequest>,
+    ) -> Result<Response<v1::Sweep>, Status> {
+        let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
+        Ok(Response::new(self.lock().sweep(sweep_id)?.clone()))
+    }
+
+    async fn list_sweeps(
+        &self,
+        _request: Request<v1::ListSweepsRequest>,
+    ) -> Result<Response<v1::ListSweepsResponse>, Status> {
+        let sweeps = self.lock().sweeps().into_iter().cloned().collect();
+        Ok(Response::new(v1::ListSweepsResponse { sweeps }))
+    }
+
+    async fn cancel_sweep(
+        &self,
+        request: Request<v1::CancelSweepRequest>,
+    ) -> Result<Response<v1::Sweep>, Status> {
+        let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
+        let sweep = self.mutate(|state| {
+            state.cancel_sweep(sweep_id, now_ms())?;
+            Ok(state.sweep(sweep_id)?.clone())
+        })?;
+        Ok(Response::new(sweep))
+    }
+
+    async fn list_trials(
+        &self,
+        request: Request<v1::ListTrialsRequest>,
+    ) -> Result<Response<v1::ListTrialsResponse>, Status> {
+        let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
+        let state = self.lock();
+        let trials = state.trials_of(sweep_id)?.into_iter().cloned().collect();
+        Ok(Response::new(v1::ListTrialsResponse { trials }))
+    }
+
+    async fn get_trial(
+        &self,
+        request: Request<v1::GetTrialRequest>,
+    ) -> Result<Response<v1::Trial>, Status> {
+        let trial_id: TrialId = parse_id(&request.get_ref().trial_id)?;
+        Ok(Response::new(self.lock().trial(trial_id)?.clone()))
+    }
+
+    type WatchSweepStream = EventStream;
+
+    async fn watch_sweep(
+        &self,
+        request: Request<v1::WatchSweepRequest>,
+    ) -> Result<Response<Self::WatchSweepStream>, Status> {
+        let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
+        // Subscribe before taking the snapshot so that no event falls between the two.
+        let events_rx = self.inner.events_tx.subscribe();
+        let snapshot = self.lock().snapshot_event(sweep_id)?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(
+            self.clone()
+                .forward_events(sweep_id, snapshot, events_rx, tx),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_ensemble(
+        &self,
+        request: Request<v1::GetEnsembleRequest>,
+    ) -> Result<Response<v1::EnsembleSummary>, Status> {
+        let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
+        Ok(Response::new(self.ensemble(sweep_id)?))
+    }
+}
+
+impl Coordinator {
+    /// Sends a watcher the snapshot and then the sweep's events until the sweep ends or the
+    /// watcher goes away. A watcher that falls behind gets a fresh snapshot.
+    async fn forward_events(
+        self,
+        sweep_id: SweepId,
+        snapshot: v1::SweepEvent,
+        mut events_rx: broadcast::Receiver<v1::SweepEvent>,
+        tx: mpsc::Sender<Result<v1::SweepEvent, Status>>,
+    ) {
+        let ended = |event: &v1::SweepEvent| {
+            let status = event.sweep.as_ref().map(|s| s.status);
+            event.kind == EventKind::SweepEnded as i32
+                || (event.kind == EventKind::Snapshot as i32
+                    && status != Some(SweepStatus::Running as i32))
+        };
+        let mut next = Some(snapshot);
+        loop {
+            let event = match next.take() {
+                Some(event) => event,
+                None => match events_rx.recv().await {
+                    Ok(event)
+                        if event.sweep.as_ref().map(|s| s.sweep_id.as_str())
+                            == Some(&sweep_id.to_string()) =>
+                    {
+                        event
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(%sweep_id, missed, "watcher fell behind; sending a fresh snapshot");
+                        match self.lock().snapshot_event(sweep_id) {
+                            Ok(snapshot) => snapshot,
+                            Err(_) => return,
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            let is_end = ended(&event);
+            if tx.send(Ok(event)).await.is_err() || is_end {
+                return;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for Coordinator {
+    async fn register_worker(
+        &self,
+        request: Request<v1::RegisterWorkerRequest>,
+    ) -> Result<Response<v1::RegisterWorkerResponse>, Status> {
+        let request = request.into_inner();
+        if request.slots.is_empty() {
+            return Err(Status::invalid_argument(
+                "a worker must offer at least one slot",
+            ));
+        }
+        let num_slots = request.slots.len();
+        let hostname = request.hostname.clone();
+        let worker_id = self
+            .lock()
+            .register_worker(request.hostname, request.slots, now_ms());
+        tracing::info!(%worker_id, %hostname, num_slots, version = %request.version, "worker joined");
+        Ok(Response::new(v1::RegisterWorkerResponse {
+            worker_id: worker_id.to_string(),
+            heartbeat_interval_ms: self.inner.config.heartbeat_interval_ms,
+            lease_ttl_ms: self.inner.config.scheduler.lease_ttl_ms as u32,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let worker_id: WorkerId = parse_id(&request.worker_id)?;
+        let stop = self.mutate(|state| state.heartbeat(worker_id, &request.running, now_ms()))?;
+        Ok(Response::new(v1::HeartbeatResponse { stop }))
+    }
+
+    async fn acquire_trial(
+        &self,
+        request: Request<v1::AcquireTrialRequest>,
+    ) -> Result<Response<v1::AcquireTrialResponse>, Status> {
+        let request = request.into_inner();
+        let worker_id: WorkerId = parse_id(&request.worker_id)?;
+        let wait = Duration::from_millis(u64::from(request.wait_ms.min(MAX_ACQUIRE_WAIT_MS)));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so a notification between the two is not lost.
+            let notified = self.inner.work_available.notified();
+            let assignment =
+                self.mutate(|state| state.acquire(worker_id, request.slot, now_ms()))?;
+            if assignment.is_some() {
+                return Ok(Response::new(v1::AcquireTrialResponse { assignment }));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Response::new(v1::AcquireTrialResponse { assignment: None }));
+            }
+        }
+    }
+
+    async fn report_epoch(
+        &self,
+        request: Request<v1::ReportEpochRequest>,
+    ) -> Result<Response<v1::ReportEpochResponse>, Status> {
+        let request = request.into_inner();
+        let attempt = attempt_of(&request.attempt)?;
+        let metrics = request
+            .metrics
+            .ok_or_else(|| Status::invalid_argument("missing metrics"))?;
+        let verdict = self.mutate(|state| state.report_epoch(attempt, metrics, now_ms()));
+        let verdict = verdict.inspect_err(|err| log_rejected("ReportEpoch", attempt, err))?;
+        let response = match verdict {
+            ReportVerdict::Continue => v1::ReportEpochResponse {
+                stop: false,
+                reason: String::new(),
+            },
+            ReportVerdict::Stop { reason } => v1::ReportEpochResponse { stop: true, reason },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn upload_artifact(
+        &self,
+        request: Request<v1::UploadArtifactRequest>,
+    ) -> Result<Response<v1::ArtifactRef>, Status> {
+        let request = request.into_inner();
+        let attempt = attempt_of(&request.attempt)?;
+        let (sweep_id, trial_id) = self
+            .lock()
+            .artifact_owner(attempt)
+            .inspect_err(|err| log_rejected("UploadArtifact", attempt, err))?;
+        let artifact = self
+            .inner
+            .store
+            .put_artifact(
+                &sweep_id.to_string(),
+                &trial_id.to_string(),
+                &request.name,
+                &request.content,
+            )
+            .map_err(CoordinatorError::from)?;
+        self.mutate(|state| state.add_artifact(attempt, artifact.clone()))?;
+        Ok(Response::new(artifact))
+    }
+
+    async fn complete_attempt(
+        &self,
+        request: Request<v1::CompleteAttemptRequest>,
+    ) -> Result<Response<v1::CompleteAttemptResponse>, Status> {
+        let request = request.into_inner();
+        let attempt = attempt_of(&request.attempt)?.clone();
+        self.mutate(|state| state.complete_attempt(request, now_ms()))
+            .inspect_err(|err| log_rejected("CompleteAttempt", &attempt, err))?;
+        Ok(Response::new(v1::CompleteAttemptResponse {}))
+    }
+}
+
+fn log_rejected(rpc: &str, attempt: &v1::AttemptRef, err: &CoordinatorError) {
+    tracing::warn!(
+        rpc,
+        trial_id = %attempt.trial_id,
+        attempt = attempt.attempt,
+        worker_id = %attempt.worker_id,
+        error = %err,
+        "request rejected"
+    );
+}

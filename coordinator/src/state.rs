@@ -1,0 +1,809 @@
+//! The scheduler's state machine: sweeps, trials, attempts and leases, with no I/O.
+//!
+//! Trial states: pending -> running -> succeeded | failed | cancelled, and running -> pending
+//! when an attempt is lost or handed back and the retry budget allows another attempt. Every
+//! operation records which sweeps and trials it changed and the events it caused; the service
+//! persists those records before it replies, so nothing a client saw is lost on restart.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use tunefleet_proto::v1::{
+    self, sweep_event::Kind as EventKind, AttemptStatus, Outcome, SweepStatus, TrialStatus,
+};
+use tunefleet_proto::{params_to_proto, SweepId, TrialId, WorkerId};
+
+use crate::error::CoordinatorError;
+use crate::search;
+use crate::spec::{Goal, SweepSpec};
+
+/// Tunables of the state machine.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// How long an attempt's lease lasts without a heartbeat or report, in milliseconds.
+    pub lease_ttl_ms: i64,
+    /// Attempts a trial may use before a lost attempt fails it.
+    pub max_attempts: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl_ms: 10_000,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// What a registered worker offers.
+#[derive(Debug, Clone)]
+pub struct WorkerEntry {
+    pub worker_id: WorkerId,
+    pub hostname: String,
+    pub slots: Vec<v1::Slot>,
+    pub registered_at_ms: i64,
+    pub last_heartbeat_ms: i64,
+}
+
+struct SweepEntry {
+    sweep: v1::Sweep,
+    spec: SweepSpec,
+    /// Trial ids by trial index.
+    trial_ids: Vec<TrialId>,
+}
+
+/// Records and events an operation produced, taken by the service after each call.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub sweeps: BTreeSet<SweepId>,
+    pub trials: BTreeSet<TrialId>,
+    pub events: Vec<v1::SweepEvent>,
+    /// Sweeps that reached a terminal state; their ensemble is selected next.
+    pub ended_sweeps: Vec<SweepId>,
+}
+
+/// What the worker must do with an attempt it reported on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportVerdict {
+    Continue,
+    Stop { reason: String },
+}
+
+/// The in-memory state of every sweep, trial, lease and worker.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    sweep_order: Vec<SweepId>,
+    sweeps: HashMap<SweepId, SweepEntry>,
+    trials: HashMap<TrialId, v1::Trial>,
+    /// Lease expiry time of each running trial's current attempt.
+    leases: HashMap<TrialId, i64>,
+    workers: HashMap<WorkerId, WorkerEntry>,
+    changes: Changes,
+}
+
+enum AttemptCheck {
+    Current,
+    Cancelled(String),
+}
+
+fn sweep_status(sweep: &v1::Sweep) -> SweepStatus {
+    SweepStatus::try_from(sweep.status).unwrap_or(SweepStatus::Unspecified)
+}
+
+fn trial_status(trial: &v1::Trial) -> TrialStatus {
+    TrialStatus::try_from(trial.status).unwrap_or(TrialStatus::Unspecified)
+}
+
+/// Names a sweep status the way logs and messages print it.
+pub fn sweep_status_name(status: SweepStatus) -> &'static str {
+    match status {
+        SweepStatus::Unspecified => "unspecified",
+        SweepStatus::Running => "running",
+        SweepStatus::Succeeded => "succeeded",
+        SweepStatus::Failed => "failed",
+        SweepStatus::Cancelled => "cancelled",
+    }
+}
+
+/// Returns a copy of the trial without its metric history except the latest epoch.
+pub fn trial_summary(trial: &v1::Trial) -> v1::Trial {
+    let mut summary = trial.clone();
+    let keep_from = summary.history.len().saturating_sub(1);
+    summary.history.drain(..keep_from);
+    summary
+}
+
+impl Scheduler {
+    /// Creates an empty scheduler.
+    pub fn new(config: SchedulerConfig) -> Self {
+        Self {
+            config,
+            sweep_order: Vec::new(),
+            sweeps: HashMap::new(),
+            trials: HashMap::new(),
+            leases: HashMap::new(),
+            workers: HashMap::new(),
+            changes: Changes::default(),
+        }
+    }
+
+    /// Rebuilds the state from stored records. Running attempts get a fresh lease so their
+    /// workers can carry on reporting; if they never do, the lease expires as usual.
+    pub fn restore(
+        config: SchedulerConfig,
+        sweeps: Vec<v1::Sweep>,
+        trials: Vec<v1::Trial>,
+        now_ms: i64,
+    ) -> Result<Self, CoordinatorError> {
+        let mut scheduler = Self::new(config);
+        let mut sweeps = sweeps;
+        sweeps.sort_by_key(|s| (s.created_at_ms, s.sweep_id.clone()));
+        for sweep in sweeps {
+            let sweep_id: SweepId = sweep.sweep_id.parse()?;
+            let spec = SweepSpec::parse(&sweep.spec_toml, Path::new(&sweep.base_dir))?;
+            scheduler.sweep_order.push(sweep_id);
+            let entry = SweepEntry {
+                sweep,
+                spec,
+                trial_ids: Vec::new(),
+            };
+            scheduler.sweeps.insert(sweep_id, entry);
+        }
+        let mut trials = trials;
+        trials.sort_by_key(|t| t.index);
+        for trial in trials {
+            let trial_id: TrialId = trial.trial_id.parse()?;
+            let sweep_id: SweepId = trial.sweep_id.parse()?;
+            let Some(entry) = scheduler.sweeps.get_mut(&sweep_id) else {
+                return Err(CoordinatorError::SweepNotFound(sweep_id));
+            };
+            entry.trial_ids.push(trial_id);
+            if trial_status(&trial) == TrialStatus::Running {
+                scheduler
+                    .leases
+                    .insert(trial_id, now_ms + scheduler.config.lease_ttl_ms);
+            }
+            scheduler.trials.insert(trial_id, trial);
+        }
+        Ok(scheduler)
+    }
+
+    /// Takes the records and events changed since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Returns the stored form of a sweep.
+    pub fn sweep(&self, sweep_id: SweepId) -> Result<&v1::Sweep, CoordinatorError> {
+        self.sweeps
+            .get(&sweep_id)
+            .map(|entry| &entry.sweep)
+            .ok_or(CoordinatorError::SweepNotFound(sweep_id))
+    }
+
+    /// Returns a sweep's validated spec.
+    pub fn spec(&self, sweep_id: SweepId) -> Result<&SweepSpec, CoordinatorError> {
+        self.sweeps
+            .get(&sweep_id)
+            .map(|entry| &entry.spec)
+            .ok_or(CoordinatorError::SweepNotFound(sweep_id))
+    }
+
+    /// Returns every sweep in creation order.
+    pub fn sweeps(&self) -> Vec<&v1::Sweep> {
+        let entries = self.sweep_order.iter().map(|id| &self.sweeps[id]);
+        entries.map(|entry| &entry.sweep).collect()
+    }
+
+    /// Returns a trial with its full history.
+    pub fn trial(&self, trial_id: TrialId) -> Result<&v1::Trial, CoordinatorError> {
+        self.trials
+            .get(&trial_id)
+            .ok_or(CoordinatorError::TrialNotFound(trial_id))
+    }
+
+    /// Returns a sweep's trials in index order.
+    pub fn trials_of(&self, sweep_id: SweepId) -> Result<Vec<&v1::Trial>, CoordinatorError> {
+        let entry = self
+            .sweeps
+            .get(&sweep_id)
+            .ok_or(CoordinatorError::SweepNotFound(sweep_id))?;
+        Ok(entry.trial_ids.iter().map(|id| &self.trials[id]).collect())
+    }
+
+    /// Returns the registered workers.
+    pub fn workers(&self) -> impl Iterator<Item = &WorkerEntry> {
+        self.workers.values()
+    }
+
+    /// Builds the first event of a watch: the sweep and all its trials.
+    pub fn snapshot_event(&self, sweep_id: SweepId) -> Result<v1::SweepEvent, CoordinatorError> {
+        let trials = self.trials_of(sweep_id)?;
+        Ok(v1::SweepEvent {
+            kind: EventKind::Snapshot as i32,
+            sweep: Some(self.sweep(sweep_id)?.clone()),
+            trials: trials.into_iter().map(trial_summary).collect(),
+        })
+    }
+
+    /// Creates a sweep from a validated spec. No trial exists until a worker asks for one.
+    pub fn create_sweep(
+        &mut self,
+        spec: SweepSpec,
+        spec_toml: &str,
+        base_dir: &str,
+        now_ms: i64,
+    ) -> SweepId {
+        let sweep_id = SweepId::new_random();
+        let goal = match spec.objective.goal {
+            Goal::Maximize => v1::Goal::Maximize,
+            Goal::Minimize => v1::Goal::Minimize,
+        };
+        let sweep = v1::Sweep {
+            sweep_id: sweep_id.to_string(),
+            name: spec.name.clone(),
+            spec_toml: spec_toml.to_string(),
+            status: SweepStatus::Running as i32,
+            reason: String::new(),
+            objective: Some(v1::Objective {
+                metric: spec.objective.metric.clone(),
+                goal: goal as i32,
+            }),
+            created_at_ms: now_ms,
+            ended_at_ms: 0,
+            num_trials_created: 0,
+            num_trials_planned: search::planned_trials(&spec),
+            counts: Some(v1::TrialCounts::default()),
+            max_concurrent: spec.search.max_concurrent.unwrap_or(0),
+            base_dir: base_dir.to_string(),
+        };
+        self.sweep_order.push(sweep_id);
+        let entry = SweepEntry {
+            sweep,
+            spec,
+            trial_ids: Vec::new(),
+        };
+        self.sweeps.insert(sweep_id, entry);
+        self.changes.sweeps.insert(sweep_id);
+        sweep_id
+    }
+
+    /// Registers a worker and returns its new id.
+    pub fn register_worker(
+        &mut self,
+        hostname: String,
+        slots: Vec<v1::Slot>,
+        now_ms: i64,
+    ) -> WorkerId {
+        let worker_id = WorkerId::new_random();
+        let entry = WorkerEntry {
+            worker_id,
+            hostname,
+            slots,
+            registered_at_ms: now_ms,
+            last_heartbeat_ms: now_ms,
+        };
+        self.workers.insert(worker_id, entry);
+        worker_id
+    }
+
+    /// Records a worker's heartbeat: renews the leases of the attempts it still runs and
+    /// returns the attempts it must stop.
+    pub fn heartbeat(
+        &mut self,
+        worker_id: WorkerId,
+        running: &[v1::AttemptRef],
+        now_ms: i64,
+    ) -> Result<Vec<v1::AttemptRef>, CoordinatorError> {
+        let worker = self
+            .workers
+            .get_mut(&worker_id)
+            .ok_or(CoordinatorError::WorkerNotFound(worker_id))?;
+        worker.last_heartbeat_ms = now_ms;
+        let mut stop = Vec::new();
+        for attempt in running {
+            match self.check_attempt(attempt) {
+                Ok((trial_id, AttemptCheck::Current)) => {
+                    self.leases
+                        .insert(trial_id, now_ms + self.config.lease_ttl_ms);
+                }
+                Ok((_, AttemptCheck::Cancelled(_))) | Err(_) => stop.push(attempt.clone()),
+            }
+        }
+        Ok(stop)
+    }
+
+    /// Hands the worker's slot a trial to run: a pending retry first, else the search's next
+    /// trial, from the running sweep with the fewest running trials that has room and work.
+    pub fn acquire(
+        &mut self,
+        worker_id: WorkerId,
+        slot: u32,
+        now_ms: i64,
+    ) -> Result<Option<v1::Assignment>, CoordinatorError> {
+        if !self.workers.contains_key(&worker_id) {
+            return Err(CoordinatorError::WorkerNotFound(worker_id));
+        }
+        let Some(sweep_id) = self.pick_sweep() else {
+            return Ok(None);
+        };
+        let trial_id = match self.first_pending_trial(sweep_id) {
+            Some(trial_id) => trial_id,
+            None => self.create_trial(sweep_id, now_ms),
+        };
+        let trial = self.trials.get_mut(&trial_id).expect("trial exists");
+        let number = trial.attempts.len() as u32 + 1;
+        trial.attempts.push(v1::Attempt {
+            number,
+            worker_id: worker_id.to_string(),
+            slot,
+            status: AttemptStatus::Running as i32,
+            started_at_ms: now_ms,
+            ..Default::default()
+        });
+        trial.status = TrialStatus::Running as i32;
+        if trial.started_at_ms == 0 {
+            trial.started_at_ms = now_ms;
+        }
+        self.leases
+            .insert(trial_id, now_ms + self.config.lease_ttl_ms);
+        tracing::info!(%sweep_id, %trial_id, attempt = number, %worker_id, slot, "trial started");
+        self.touch_trial(trial_id, EventKind::TrialStarted);
+        Ok(Some(self.assignment(sweep_id, trial_id)))
+    }
+
+    /// Records one epoch's metrics and tells the worker whether to go on.
+    pub fn report_epoch(
+        &mut self,
+        attempt: &v1::AttemptRef,
+        metrics: v1::EpochMetrics,
+        now_ms: i64,
+    ) -> Result<ReportVerdict, CoordinatorError> {
+        let trial_id = match self.check_attempt(attempt)? {
+            (_, AttemptCheck::Cancelled(reason)) => return Ok(ReportVerdict::Stop { reason }),
+            (trial_id, AttemptCheck::Current) => trial_id,
+        };
+        let trial = self.trials.get_mut(&trial_id).expect("checked");
+        let last_epoch = trial.history.last().map_or(0, |m| m.epoch);
+        if metrics.epoch <= last_epoch {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "epoch {} of trial {trial_id} reported after epoch {last_epoch}: epochs must increase",
+                metrics.epoch
+            )));
+        }
+        tracing::debug!(%trial_id, epoch = metrics.epoch, "epoch reported");
+        trial.history.push(v1::EpochMetrics {
+            reported_at_ms: now_ms,
+            ..metrics
+        });
+        self.leases
+            .insert(trial_id, now_ms + self.config.lease_ttl_ms);
+        self.touch_trial(trial_id, EventKind::EpochReported);
+        Ok(ReportVerdict::Continue)
+    }
+
+    /// Attaches an uploaded artifact to the attempt's trial, replacing one of the same name.
+    pub fn add_artifact(
+        &mut self,
+        attempt: &v1::AttemptRef,
+        artifact: v1::ArtifactRef,
+    ) -> Result<(), CoordinatorError> {
+        let (trial_id, _) = self.check_attempt(attempt)?;
+        let trial = self.trials.get_mut(&trial_id).expect("checked");
+        trial.artifacts.retain(|a| a.name != artifact.name);
+        trial.artifacts.push(artifact);
+        self.changes.trials.insert(trial_id);
+        Ok(())
+    }
+
+    /// Checks that an attempt may upload an artifact and returns its sweep and trial ids.
+    pub fn artifact_owner(
+        &self,
+        attempt: &v1::AttemptRef,
+    ) -> Result<(SweepId, TrialId), CoordinatorError> {
+        let (trial_id, check) = self.check_attempt(attempt)?;
+        if let AttemptCheck::Cancelled(reason) = check {
+            return Err(CoordinatorError::StaleAttempt {
+                trial_id,
+                attempt: attempt.attempt,
+                detail: reason,
+            });
+        }
+        let sweep_id = self.trials[&trial_id].sweep_id.parse()?;
+        Ok((sweep_id, trial_id))
+    }
+
+    /// Ends an attempt as the worker reports it, which ends the trial or re-queues it.
+    pub fn complete_attempt(
+        &mut self,
+        request: v1::CompleteAttemptRequest,
+        now_ms: i64,
+    ) -> Result<(), CoordinatorError> {
+        let attempt_ref = request.attempt.clone().unwrap_or_default();
+        let trial_id = match self.check_attempt(&attempt_ref)? {
+            // The trial already ended as cancelled; the worker confirms its child stopped.
+            (_, AttemptCheck::Cancelled(_)) => return Ok(()),
+            (trial_id, AttemptCheck::Current) => trial_id,
+        };
+        self.leases.remove(&trial_id);
+        let outcome = Outcome::try_from(request.outcome).unwrap_or(Outcome::Unspecified);
+        let objective_metric = self.objective_metric(trial_id);
+        let trial = self.trials.get_mut(&trial_id).expect("checked");
+        let attempt = trial.attempts.last_mut().expect("checked");
+        attempt.ended_at_ms = now_ms;
+        attempt.exit_code = request.exit_code;
+        attempt.stderr_tail = request.stderr_tail;
+        attempt.reason = request.reason.clone();
+        trial.final_metrics = request.final_metrics;
+
+        let (trial_state, attempt_state, reason) = match outcome {
+            Outcome::Succeeded => match final_objective(trial, &objective_metric) {
+                Ok(value) => {
+                    trial.objective = Some(value);
+                    (TrialStatus::Succeeded, AttemptStatus::Succeeded, String::new())
+                }
+                Err(reason) => (TrialStatus::Failed, AttemptStatus::Failed, reason),
+            },
+            Outcome::Failed => {
+                let reason = if request.reason.is_empty() {
+                    "the worker reported a failure without a reason".to_string()
+                } else {
+                    request.reason
+                };
+                (TrialStatus::Failed, AttemptStatus::Failed, reason)
+            }
+            Outcome::Cancelled => {
+                let reason = "the worker handed the attempt back".to_string();
+                (TrialStatus::Pending, AttemptStatus::Cancelled, reason)
+            }
+            Outcome::Unspecified => {
+                return Err(CoordinatorError::InvalidArgument(format!(
+                    "outcome {} of attempt {} of trial {trial_id}: expected succeeded, failed or cancelled",
+                    request.outcome, attempt_ref.attempt
+                )))
+            }
+        };
+        let attempt = trial.attempts.last_mut().expect("checked");
+        attempt.status = attempt_state as i32;
+        if attempt.reason.is_empty() {
+            attempt.reason = reason.clone();
+        }
+        trial.status = trial_state as i32;
+        trial.reason = reason;
+        if trial_state != TrialStatus::Pending {
+            trial.ended_at_ms = now_ms;
+        }
+        let sweep_id: SweepId = trial.sweep_id.parse()?;
+        match trial_state {
+            TrialStatus::Pending => {
+                tracing::info!(%sweep_id, %trial_id, attempt = attempt_ref.attempt, "attempt handed back; trial pending again")
+            }
+            TrialStatus::Failed => {
+                tracing::warn!(%sweep_id, %trial_id, attempt = attempt_ref.attempt, reason = %trial.reason, "trial failed")
+            }
+            _ => {
+                tracing::info!(%sweep_id, %trial_id, attempt = attempt_ref.attempt, objective = ?trial.objective, "trial succeeded")
+            }
+        }
+        let kind = if trial_state == TrialStatus::Pending {
+            EventKind::EpochReported
+        } else {
+            EventKind::TrialEnded
+        };
+        self.touch_trial(trial_id, kind);
+        self.after_trial_change(sweep_id, now_ms);
+        Ok(())
+    }
+
+    /// Cancels a sweep: its running and pending trials end as cancelled and no new trial starts.
+    pub fn cancel_sweep(&mut self, sweep_id: SweepId, now_ms: i64) -> Result<(), CoordinatorError> {
+        let status = sweep_status(self.sweep(sweep_id)?);
+        match status {
+            SweepStatus::Cancelled => Ok(()),
+            SweepStatus::Running => {
+                tracing::info!(%sweep_id, "sweep cancelled");
+                self.end_sweep(
+                    sweep_id,
+                    SweepStatus::Cancelled,
+                    "cancelled by a client",
+                    now_ms,
+                );
+                Ok(())
+            }
+            _ => Err(CoordinatorError::SweepEnded {
+                sweep_id,
+                action: "cancelled",
+                status: sweep_status_name(status),
+            }),
+        }
+    }
+
+    /// Expires every lease older than `now_ms`: the attempt is lost and its trial goes back to
+    /// pending, or fails once it has used `max_attempts` attempts.
+    pub fn expire_leases(&mut self, now_ms: i64) {
+        let mut expired: Vec<TrialId> = self
+            .leases
+            .iter()
+            .filter(|(_, expires)| **expires <= now_ms)
+            .map(|(trial_id, _)| *trial_id)
+            .collect();
+        expired.sort();
+        for trial_id in expired {
+            self.leases.remove(&trial_id);
+            let max_attempts = self.config.max_attempts;
+            let trial = self.trials.get_mut(&trial_id).expect("leased trials exist");
+            let attempt = trial
+                .attempts
+                .last_mut()
+                .expect("a running trial has an attempt");
+            attempt.status = AttemptStatus::Lost as i32;
+            attempt.ended_at_ms = now_ms;
+            attempt.reason = format!(
+                "lease expired: no heartbeat from worker {} for {} ms",
+                attempt.worker_id, self.config.lease_ttl_ms
+            );
+            let number = attempt.number;
+            let worker_id = attempt.worker_id.clone();
+            if number >= max_attempts {
+                trial.status = TrialStatus::Failed as i32;
+                trial.ended_at_ms = now_ms;
+                trial.reason =
+                    format!("lost {number} attempts; the retry budget is {max_attempts}");
+            } else {
+                trial.status = TrialStatus::Pending as i32;
+            }
+            tracing::warn!(%trial_id, attempt = number, %worker_id, "lease expired; attempt lost");
+            let sweep_id: SweepId = trial.sweep_id.parse().expect("stored ids are valid");
+            let kind = if number >= max_attempts {
+                EventKind::TrialEnded
+            } else {
+                EventKind::EpochReported
+            };
+            self.touch_trial(trial_id, kind);
+            self.after_trial_change(sweep_id, now_ms);
+        }
+    }
+
+    fn objective_metric(&self, trial_id: TrialId) -> String {
+        let sweep_id: SweepId = self.trials[&trial_id].sweep_id.parse().expect("valid id");
+        self.sweeps[&sweep_id].spec.objective.metric.clone()
+    }
+
+    /// Finds the running sweep that gets the next trial: fewest running trials first, so that
+    /// concurrent sweeps share the slots, then the oldest.
+    fn pick_sweep(&self) -> Option<SweepId> {
+        self.sweep_order
+            .iter()
+            .filter(|id| self.has_room_and_work(**id))
+            .min_by_key(|id| {
+                let counts = self.sweeps[*id].sweep.counts.unwrap_or_default();
+                counts.running
+            })
+            .copied()
+    }
+
+    fn has_room_and_work(&self, sweep_id: SweepId) -> bool {
+        let sweep = &self.sweeps[&sweep_id].sweep;
+        if sweep_status(sweep) != SweepStatus::Running {
+            return false;
+        }
+        let counts = sweep.counts.unwrap_or_default();
+        let room = sweep.max_concurrent == 0 || counts.running < sweep.max_concurrent;
+        let work = counts.pending > 0 || sweep.num_trials_created < sweep.num_trials_planned;
+        room && work
+    }
+
+    fn first_pending_trial(&self, sweep_id: SweepId) -> Option<TrialId> {
+        let entry = &self.sweeps[&sweep_id];
+        entry
+            .trial_ids
+            .iter()
+            .find(|id| trial_status(&self.trials[id]) == TrialStatus::Pending)
+            .copied()
+    }
+
+    fn create_trial(&mut self, sweep_id: SweepId, now_ms: i64) -> TrialId {
+        let entry = self.sweeps.get_mut(&sweep_id).expect("picked sweep exists");
+        let index = entry.sweep.num_trials_created;
+        let params = search::trial_params(&entry.spec, index)
+            .expect("the search plans every index below num_trials_planned");
+        let trial_id = TrialId::new_random();
+        let trial = v1::Trial {
+            trial_id: trial_id.to_string(),
+            sweep_id: sweep_id.to_string(),
+            index,
+            params: params_to_proto(&params),
+            status: TrialStatus::Pending as i32,
+            created_at_ms: now_ms,
+            ..Default::default()
+        };
+        entry.sweep.num_trials_created += 1;
+        entry.trial_ids.push(trial_id);
+        self.trials.insert(trial_id, trial);
+        self.changes.sweeps.insert(sweep_id);
+        trial_id
+    }
+
+    fn assignment(&self, sweep_id: SweepId, trial_id: TrialId) -> v1::Assignment {
+        let entry = &self.sweeps[&sweep_id];
+        let trial = &self.trials[&trial_id];
+        let attempt = trial.attempts.last().expect("just started");
+        let mut hyperparameters = params_to_proto(&entry.spec.task.hyperparameters);
+        hyperparameters.extend(trial.params.iter().cloned());
+        v1::Assignment {
+            attempt: Some(v1::AttemptRef {
+                worker_id: attempt.worker_id.clone(),
+                trial_id: trial_id.to_string(),
+                attempt: attempt.number,
+            }),
+            sweep_id: sweep_id.to_string(),
+            trial_index: trial.index,
+            model: entry.spec.task.model.clone(),
+            dataset: entry.spec.task.dataset.display().to_string(),
+            epochs: entry.spec.task.epochs,
+            hyperparameters,
+            seed: search::trial_seed(&entry.spec, trial.index),
+            objective: entry.sweep.objective.clone(),
+        }
+    }
+
+    /// Checks an attempt reference against the trial's attempts.
+    fn check_attempt(
+        &self,
+        attempt: &v1::AttemptRef,
+    ) -> Result<(TrialId, AttemptCheck), CoordinatorError> {
+        let trial_id: TrialId = attempt.trial_id.parse()?;
+        let trial = self
+            .trials
+            .get(&trial_id)
+            .ok_or(CoordinatorError::TrialNotFound(trial_id))?;
+        let stale = |detail: String| CoordinatorError::StaleAttempt {
+            trial_id,
+            attempt: attempt.attempt,
+            detail,
+        };
+        let Some(record) = trial.attempts.iter().find(|a| a.number == attempt.attempt) else {
+            return Err(stale("no such attempt".to_string()));
+        };
+        if record.worker_id != attempt.worker_id {
+            return Err(stale(format!("it belongs to worker {}", record.worker_id)));
+        }
+        let status = AttemptStatus::try_from(record.status).unwrap_or(AttemptStatus::Unspecified);
+        match status {
+            AttemptStatus::Running => Ok((trial_id, AttemptCheck::Current)),
+            AttemptStatus::Cancelled if trial_status(trial) == TrialStatus::Cancelled => {
+                Ok((trial_id, AttemptCheck::Cancelled(trial.reason.clone())))
+            }
+            AttemptStatus::Lost => Err(stale(format!(
+                "it was lost ({}); the trial has {} attempts",
+                record.reason,
+                trial.attempts.len()
+            ))),
+            _ => Err(stale(format!("it already ended: {}", status.as_str_name()))),
+        }
+    }
+
+    /// Marks a trial changed and queues an event about it.
+    fn touch_trial(&mut self, trial_id: TrialId, kind: EventKind) {
+        self.changes.trials.insert(trial_id);
+        let sweep_id: SweepId = self.trials[&trial_id].sweep_id.parse().expect("valid id");
+        self.refresh_counts(sweep_id);
+        let trial = &self.trials[&trial_id];
+        let event = v1::SweepEvent {
+            kind: kind as i32,
+            sweep: Some(self.sweeps[&sweep_id].sweep.clone()),
+            trials: vec![trial_summary(trial)],
+        };
+        self.changes.events.push(event);
+    }
+
+    fn refresh_counts(&mut self, sweep_id: SweepId) {
+        let entry = self.sweeps.get_mut(&sweep_id).expect("sweep exists");
+        let mut counts = v1::TrialCounts::default();
+        for trial_id in &entry.trial_ids {
+            match trial_status(&self.trials[trial_id]) {
+                TrialStatus::Pending => counts.pending += 1,
+                TrialStatus::Running => counts.running += 1,
+                TrialStatus::Succeeded => counts.succeeded += 1,
+                TrialStatus::Failed => counts.failed += 1,
+                TrialStatus::Cancelled => counts.cancelled += 1,
+                TrialStatus::Unspecified => {}
+            }
+        }
+        if entry.sweep.counts != Some(counts) {
+            entry.sweep.counts = Some(counts);
+            self.changes.sweeps.insert(sweep_id);
+        }
+    }
+
+    /// Applies the failure budget and ends the sweep once no trial is left to run.
+    fn after_trial_change(&mut self, sweep_id: SweepId, now_ms: i64) {
+        self.refresh_counts(sweep_id);
+        let entry = &self.sweeps[&sweep_id];
+        if sweep_status(&entry.sweep) != SweepStatus::Running {
+            return;
+        }
+        let counts = entry.sweep.counts.unwrap_or_default();
+        if let Some(max_failed) = entry.spec.search.max_failed {
+            if counts.failed > max_failed {
+                let reason = format!(
+                    "{} trials failed, more than search.max_failed = {max_failed}",
+                    counts.failed
+                );
+                tracing::error!(%sweep_id, %reason, "sweep failed");
+                self.end_sweep(sweep_id, SweepStatus::Failed, &reason, now_ms);
+                return;
+            }
+        }
+        let all_created = entry.sweep.num_trials_created >= entry.sweep.num_trials_planned;
+        if all_created && counts.pending == 0 && counts.running == 0 {
+            if counts.succeeded > 0 {
+                tracing::info!(%sweep_id, succeeded = counts.succeeded, failed = counts.failed, "sweep succeeded");
+                self.end_sweep(sweep_id, SweepStatus::Succeeded, "", now_ms);
+            } else {
+                let reason = format!("no trial succeeded ({} failed)", counts.failed);
+                tracing::error!(%sweep_id, %reason, "sweep failed");
+                self.end_sweep(sweep_id, SweepStatus::Failed, &reason, now_ms);
+            }
+        }
+    }
+
+    /// Ends a sweep, cancelling its running and pending trials.
+    fn end_sweep(&mut self, sweep_id: SweepId, status: SweepStatus, reason: &str, now_ms: i64) {
+        let trial_ids = self.sweeps[&sweep_id].trial_ids.clone();
+        let trial_reason = match status {
+            SweepStatus::Cancelled => "sweep cancelled".to_string(),
+            _ => format!("sweep {}: {reason}", sweep_status_name(status)),
+        };
+        for trial_id in trial_ids {
+            let trial = self.trials.get_mut(&trial_id).expect("trial exists");
+            let state = trial_status(trial);
+            if state != TrialStatus::Running && state != TrialStatus::Pending {
+                continue;
+            }
+            if state == TrialStatus::Running {
+                let attempt = trial
+                    .attempts
+                    .last_mut()
+                    .expect("running trials have an attempt");
+                attempt.status = AttemptStatus::Cancelled as i32;
+                attempt.ended_at_ms = now_ms;
+                attempt.reason = trial_reason.clone();
+                self.leases.remove(&trial_id);
+            }
+            trial.status = TrialStatus::Cancelled as i32;
+            trial.reason = trial_reason.clone();
+            trial.ended_at_ms = now_ms;
+            self.touch_trial(trial_id, EventKind::TrialEnded);
+        }
+        self.refresh_counts(sweep_id);
+        let entry = self.sweeps.get_mut(&sweep_id).expect("sweep exists");
+        entry.sweep.status = status as i32;
+        entry.sweep.reason = reason.to_string();
+        entry.sweep.ended_at_ms = now_ms;
+        self.changes.sweeps.insert(sweep_id);
+        self.changes.ended_sweeps.push(sweep_id);
+    }
+}
+
+/// Reads a succeeded trial's objective: a final metric of that name, else the last epoch's.
+fn final_objective(trial: &v1::Trial, metric: &str) -> Result<f64, String> {
+    let from_final = trial.final_metrics.iter().find(|m| m.name == metric);
+    let from_history = || {
+        let last = trial.history.last()?;
+        last.metrics.iter().find(|m| m.name == metric)
+    };
+    let Some(found) = from_final.or_else(from_history) else {
+        return Err(format!("objective metric {metric:?} was never reported"));
+    };
+    if !found.value.is_finite() {
+        return Err(format!(
+            "objective metric {metric:?} is not finite: {}",
+            found.value
+        ));
+    }
+    Ok(found.value)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,440 @@
+use std::path::Path;
+
+use tunefleet_proto::v1::{self, AttemptStatus, Outcome, SweepStatus, TrialStatus};
+use tunefleet_proto::{SweepId, WorkerId};
+
+use super::{ReportVerdict, Scheduler, SchedulerConfig};
+use crate::error::CoordinatorError;
+use crate::spec::SweepSpec;
+
+const TTL_MS: i64 = 1_000;
+
+fn grid_spec(extra_search: &str) -> String {
+    format!(
+        r#"
+name = "grid"
+[objective]
+metric = "val_accuracy"
+[search]
+method = "grid"
+{extra_search}
+[parameters]
+lr = [0.01, 0.02]
+hidden_size = [16, 32]
+[task]
+model = "mlp"
+dataset = "/data/digits.npz"
+epochs = 2
+"#
+    )
+}
+
+fn scheduler() -> Scheduler {
+    Scheduler::new(SchedulerConfig {
+        lease_ttl_ms: TTL_MS,
+        max_attempts: 2,
+    })
+}
+
+fn create(scheduler: &mut Scheduler, toml: &str) -> SweepId {
+    let spec = SweepSpec::parse(toml, Path::new("/")).unwrap();
+    scheduler.create_sweep(spec, toml, "/", 0)
+}
+
+fn worker(scheduler: &mut Scheduler) -> WorkerId {
+    let slot = v1::Slot {
+        index: 0,
+        device: "cpu".into(),
+        num_threads: 1,
+    };
+    scheduler.register_worker("host".into(), vec![slot], 0)
+}
+
+fn attempt_of(assignment: &v1::Assignment) -> v1::AttemptRef {
+    assignment.attempt.clone().unwrap()
+}
+
+fn epoch(number: u32, accuracy: f64) -> v1::EpochMetrics {
+    v1::EpochMetrics {
+        epoch: number,
+        metrics: vec![v1::Metric {
+            name: "val_accuracy".into(),
+            value: accuracy,
+        }],
+        reported_at_ms: 0,
+    }
+}
+
+fn complete(scheduler: &mut Scheduler, assignment: &v1::Assignment, outcome: Outcome) {
+    let request = v1::CompleteAttemptRequest {
+        attempt: assignment.attempt.clone(),
+        outcome: outcome as i32,
+        reason: "trainer failed".into(),
+        ..Default::default()
+    };
+    scheduler.complete_attempt(request, 10).unwrap();
+}
+
+fn succeed(scheduler: &mut Scheduler, assignment: &v1::Assignment, accuracy: f64) {
+    let attempt = attempt_of(assignment);
+    scheduler
+        .report_epoch(&attempt, epoch(1, accuracy), 5)
+        .unwrap();
+    complete(scheduler, assignment, Outcome::Succeeded);
+}
+
+fn status_of(scheduler: &Scheduler, sweep_id: SweepId) -> SweepStatus {
+    SweepStatus::try_from(scheduler.sweep(sweep_id).unwrap().status).unwrap()
+}
+
+fn trial_statuses(scheduler: &Scheduler, sweep_id: SweepId) -> Vec<TrialStatus> {
+    let trials = scheduler.trials_of(sweep_id).unwrap();
+    trials
+        .iter()
+        .map(|t| TrialStatus::try_from(t.status).unwrap())
+        .collect()
+}
+
+#[test]
+fn acquire_respects_max_concurrent() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec("max_concurrent = 2"));
+    let w = worker(&mut s);
+    let first = s.acquire(w, 0, 1).unwrap().unwrap();
+    assert!(s.acquire(w, 0, 1).unwrap().is_some());
+    assert!(s.acquire(w, 0, 1).unwrap().is_none());
+    succeed(&mut s, &first, 0.9);
+    assert!(s.acquire(w, 0, 2).unwrap().is_some());
+    assert_eq!(s.sweep(sweep_id).unwrap().counts.unwrap().running, 2);
+}
+
+#[test]
+fn sweep_succeeds_after_every_trial_ends() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec(""));
+    let w = worker(&mut s);
+    let assignments: Vec<_> = (0..4)
+        .map(|_| s.acquire(w, 0, 1).unwrap().unwrap())
+        .collect();
+    assert!(
+        s.acquire(w, 0, 1).unwrap().is_none(),
+        "a fifth trial was handed out"
+    );
+    for (i, assignment) in assignments.iter().enumerate() {
+        assert_eq!(status_of(&s, sweep_id), SweepStatus::Running);
+        succeed(&mut s, assignment, 0.5 + i as f64 / 10.0);
+    }
+    assert_eq!(status_of(&s, sweep_id), SweepStatus::Succeeded);
+    assert_eq!(
+        trial_statuses(&s, sweep_id),
+        vec![TrialStatus::Succeeded; 4]
+    );
+    assert_eq!(s.take_changes().ended_sweeps, vec![sweep_id]);
+}
+
+#[test]
+fn trial_objective_is_last_epoch_value() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec(""));
+    let w = worker(&mut s);
+    let assignment = s.acquire(w, 0, 1).unwrap().unwrap();
+    let attempt = attempt_of(&assignment);
+    s.report_epoch(&attempt, epoch(1, 0.5), 2).unwrap();
+    s.report_epoch(&attempt, epoch(2, 0.7), 3).unwrap();
+    complete(&mut s, &assignment, Outcome::Succeeded);
+    let trial = &s.trials_of(sweep_id).unwrap()[0];
+    assert_eq!(trial.objective, Some(0.7));
+    assert_eq!(trial.history.len(), 2);
+}
+
+#[test]
+fn assignment_carries_typed_params() {
+    let mut s = scheduler();
+    create(&mut s, &grid_spec(""));
+    let w = worker(&mut s);
+    let assignment = s.acquire(w, 0, 1).unwrap().unwrap();
+    let params = tunefleet_proto::params_from_proto(&assignment.hyperparameters).unwrap();
+    let expected = vec![
+        ("lr".to_string(), tunefleet_proto::Value::Float(0.01)),
+        ("hidden_size".to_string(), tunefleet_proto::Value::Int(16)),
+    ];
+    assert_eq!(params, expected);
+    assert_eq!(assignment.epochs, 2);
+    assert_eq!(assignment.dataset, "/data/digits.npz");
+}
+
+#[test]
+fn success_without_objective_fails_trial() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec(""));
+    let w = worker(&mut s);
+    let assignment = s.acquire(w, 0, 1).unwrap().unwrap();
+    complete(&mut s, &assignment, Outcome::Succeeded);
+    let trial = &s.trials_of(sweep_id).unwrap()[0];
+    assert_eq!(trial.status, TrialStatus::Failed as i32);
+    assert_eq!(
+        trial.reason,
+        "objective metric \"val_accuracy\" was never reported"
+    );
+}
+
+#[test]
+fn sweep_fails_when_no_trial_succeeds() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec(""));
+    let w = worker(&mut s);
+    for _ in 0..4 {
+        let assignment = s.acquire(w, 0, 1).unwrap().unwrap();
+        complete(&mut s, &assignment, Outcome::Failed);
+    }
+    assert_eq!(status_of(&s, sweep_id), SweepStatus::Failed);
+    assert_eq!(
+        s.sweep(sweep_id).unwrap().reason,
+        "no trial succeeded (4 failed)"
+    );
+}
+
+#[test]
+fn failure_budget_ends_sweep() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec("max_failed = 1"));
+    let w = worker(&mut s);
+    let a = s.acquire(w, 0, 1).unwrap().unwrap();
+    let b = s.acquire(w, 0, 1).unwrap().unwrap();
+    let running = s.acquire(w, 0, 1).unwrap().unwrap();
+    complete(&mut s, &a, Outcome::Failed);
+    assert_eq!(status_of(&s, sweep_id), SweepStatus::Running);
+    complete(&mut s, &b, Outcome::Failed);
+    assert_eq!(status_of(&s, sweep_id), SweepStatus::Failed);
+    assert_eq!(
+        s.sweep(sweep_id).unwrap().reason,
+        "2 trials failed, more than search.max_failed = 1"
+    );
+    let statuses = trial_statuses(&s, sweep_id);
+    assert_eq!(
+        statuses,
+        vec![
+            TrialStatus::Failed,
+            TrialStatus::Failed,
+            TrialStatus::Cancelled
+        ]
+    );
+    assert!(s.acquire(w, 0, 2).unwrap().is_none());
+    let verdict = s
+        .report_epoch(&attempt_of(&running), epoch(1, 0.5), 3)
+        .unwrap();
+    assert!(matches!(verdict, ReportVerdict::Stop { .. }));
+}
+
+#[test]
+fn cancel_ends_running_trials() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec(""));
+    let w = worker(&mut s);
+    let running = s.acquire(w, 0, 1).unwrap().unwrap();
+    s.cancel_sweep(sweep_id, 2).unwrap();
+    assert_eq!(status_of(&s, sweep_id), SweepStatus::Cancelled);
+    assert_eq!(trial_statuses(&s, sweep_id), vec![TrialStatus::Cancelled]);
+    assert!(s.acquire(w, 0, 3).unwrap().is_none());
+
+    let stop = s.heartbeat(w, &[attempt_of(&running)], 3).unwrap();
+    assert_eq!(stop, vec![attempt_of(&running)]);
+    // The worker confirms the stop; the trial stays cancelled.
+    complete(&mut s, &running, Outcome::Cancelled);
+    assert_eq!(trial_statuses(&s, sweep_id), vec![TrialStatus::Cancelled]);
+}
+
+#[test]
+fn cancel_of_finished_sweep_is_rejected() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec("max_trials = 1"));
+    let w = worker(&mut s);
+    let assignment = s.acquire(w, 0, 1).unwrap().unwrap();
+    succeed(&mut s, &assignment, 0.9);
+    let err = s.cancel_sweep(sweep_id, 5).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CoordinatorError::SweepEnded {
+                status: "succeeded",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn expired_lease_requeues_trial() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec("max_trials = 1"));
+    let w = worker(&mut s);
+    let first = s.acquire(w, 0, 0).unwrap().unwrap();
+    s.expire_leases(TTL_MS - 1);
+    assert_eq!(trial_statuses(&s, sweep_id), vec![TrialStatus::Running]);
+    s.expire_leases(TTL_MS);
+    assert_eq!(trial_statuses(&s, sweep_id), vec![TrialStatus::Pending]);
+
+    let err = s
+        .report_epoch(&attempt_of(&first), epoch(1, 0.5), TTL_MS + 1)
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::StaleAttempt { attempt: 1, .. }),
+        "{err}"
+    );
+
+    let second = s.acquire(w, 0, TTL_MS + 2).unwrap().unwrap();
+    assert_eq!(attempt_of(&second).attempt, 2);
+    assert_eq!(second.trial_index, first.trial_index);
+    let trial = &s.trials_of(sweep_id).unwrap()[0];
+    assert_eq!(trial.attempts[0].status, AttemptStatus::Lost as i32);
+}
+
+#[test]
+fn stale_completion_never_changes_trial() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec("max_trials = 1"));
+    let w = worker(&mut s);
+    let first = s.acquire(w, 0, 0).unwrap().unwrap();
+    s.expire_leases(TTL_MS);
+    let second = s.acquire(w, 0, TTL_MS + 1).unwrap().unwrap();
+    let request = v1::CompleteAttemptRequest {
+        attempt: first.attempt.clone(),
+        outcome: Outcome::Succeeded as i32,
+        ..Default::default()
+    };
+    assert!(s.complete_attempt(request, TTL_MS + 2).is_err());
+    assert_eq!(trial_statuses(&s, sweep_id), vec![TrialStatus::Running]);
+    succeed(&mut s, &second, 0.8);
+    assert_eq!(status_of(&s, sweep_id), SweepStatus::Succeeded);
+}
+
+#[test]
+fn lost_attempts_exhaust_retry_budget() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec("max_trials = 1"));
+    let w = worker(&mut s);
+    s.acquire(w, 0, 0).unwrap().unwrap();
+    s.expire_leases(TTL_MS);
+    s.acquire(w, 0, TTL_MS).unwrap().unwrap();
+    s.expire_leases(3 * TTL_MS);
+    assert_eq!(trial_statuses(&s, sweep_id), vec![TrialStatus::Failed]);
+    assert_eq!(status_of(&s, sweep_id), SweepStatus::Failed);
+    let trial = &s.trials_of(sweep_id).unwrap()[0];
+    assert_eq!(trial.reason, "lost 2 attempts; the retry budget is 2");
+}
+
+#[test]
+fn heartbeat_renews_lease() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec("max_trials = 1"));
+    let w = worker(&mut s);
+    let assignment = s.acquire(w, 0, 0).unwrap().unwrap();
+    let stop = s
+        .heartbeat(w, &[attempt_of(&assignment)], TTL_MS - 1)
+        .unwrap();
+    assert!(stop.is_empty());
+    s.expire_leases(TTL_MS + 10);
+    assert_eq!(trial_statuses(&s, sweep_id), vec![TrialStatus::Running]);
+}
+
+#[test]
+fn heartbeat_from_unknown_worker_fails() {
+    let mut s = scheduler();
+    let err = s.heartbeat(WorkerId::new_random(), &[], 0).unwrap_err();
+    assert!(matches!(err, CoordinatorError::WorkerNotFound(_)));
+}
+
+#[test]
+fn handed_back_attempt_retries_trial() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec("max_trials = 1"));
+    let w = worker(&mut s);
+    let first = s.acquire(w, 0, 0).unwrap().unwrap();
+    complete(&mut s, &first, Outcome::Cancelled);
+    assert_eq!(trial_statuses(&s, sweep_id), vec![TrialStatus::Pending]);
+    let second = s.acquire(w, 0, 1).unwrap().unwrap();
+    assert_eq!(attempt_of(&second).attempt, 2);
+}
+
+#[test]
+fn epochs_must_increase() {
+    let mut s = scheduler();
+    create(&mut s, &grid_spec(""));
+    let w = worker(&mut s);
+    let attempt = attempt_of(&s.acquire(w, 0, 0).unwrap().unwrap());
+    s.report_epoch(&attempt, epoch(2, 0.5), 1).unwrap();
+    let err = s.report_epoch(&attempt, epoch(2, 0.6), 2).unwrap_err();
+    assert!(err.to_string().contains("epochs must increase"), "{err}");
+}
+
+#[test]
+fn report_from_other_worker_is_stale() {
+    let mut s = scheduler();
+    create(&mut s, &grid_spec(""));
+    let w = worker(&mut s);
+    let mut attempt = attempt_of(&s.acquire(w, 0, 0).unwrap().unwrap());
+    attempt.worker_id = WorkerId::new_random().to_string();
+    let err = s.report_epoch(&attempt, epoch(1, 0.5), 1).unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::StaleAttempt { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn concurrent_sweeps_share_slots() {
+    let mut s = scheduler();
+    let first = create(&mut s, &grid_spec(""));
+    let second = create(&mut s, &grid_spec(""));
+    let w = worker(&mut s);
+    let sweeps: Vec<String> = (0..4)
+        .map(|_| s.acquire(w, 0, 0).unwrap().unwrap().sweep_id)
+        .collect();
+    let expected = [first, second, first, second].map(|id| id.to_string());
+    assert_eq!(sweeps, expected);
+}
+
+#[test]
+fn restore_keeps_every_record() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec(""));
+    let w = worker(&mut s);
+    let done = s.acquire(w, 0, 0).unwrap().unwrap();
+    let running = s.acquire(w, 0, 0).unwrap().unwrap();
+    succeed(&mut s, &done, 0.9);
+    let sweeps = s.sweeps().into_iter().cloned().collect();
+    let trials = s
+        .trials_of(sweep_id)
+        .unwrap()
+        .into_iter()
+        .cloned()
+        .collect();
+
+    let mut restored = Scheduler::restore(
+        SchedulerConfig {
+            lease_ttl_ms: TTL_MS,
+            max_attempts: 2,
+        },
+        sweeps,
+        trials,
+        100,
+    )
+    .unwrap();
+    assert_eq!(
+        trial_statuses(&restored, sweep_id),
+        vec![TrialStatus::Succeeded, TrialStatus::Running]
+    );
+    assert_eq!(restored.sweep(sweep_id).unwrap().num_trials_created, 2);
+    // The running attempt keeps a fresh lease and can still report after the restart.
+    let verdict = restored
+        .report_epoch(&attempt_of(&running), epoch(1, 0.8), 101)
+        .unwrap();
+    assert_eq!(verdict, ReportVerdict::Continue);
+    // The search goes on where it stopped: the next trial is index 2.
+    let w2 = worker(&mut restored);
+    assert_eq!(
+        restored.acquire(w2, 0, 102).unwrap().unwrap().trial_index,
+        2
+    );
+}

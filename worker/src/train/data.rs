@@ -1,0 +1,413 @@
+//! Loads and validates a dataset file: an `.npz` archive with the arrays `train_x`, `train_y`,
+//! `val_x`, `val_y`, `test_x` and `test_y` (the format `docs/data.md` describes).
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor};
+
+use super::TrainError;
+
+/// The array names of a dataset file, in the order they are checked.
+const ARRAY_NAMES: [&str; 6] = ["train_x", "train_y", "val_x", "val_y", "test_x", "test_y"];
+
+/// The inputs and labels of one split, on the training device.
+#[derive(Debug)]
+pub(super) struct Split {
+    /// Inputs, `rows x features...`, float32.
+    pub x: Tensor,
+    /// Class ids, `rows`, int64.
+    pub y: Tensor,
+}
+
+impl Split {
+    pub fn num_rows(&self) -> i64 {
+        self.y.size()[0]
+    }
+}
+
+/// A validated dataset: three non-empty splits whose rows share one shape.
+#[derive(Debug)]
+pub(super) struct Dataset {
+    pub path: PathBuf,
+    pub train: Split,
+    pub val: Split,
+    pub test: Split,
+    /// The shape of one input row, e.g. `[1, 8, 8]` for images or `[64]` for flat features.
+    pub row_shape: Vec<i64>,
+    /// The largest label over all splits plus one.
+    pub num_classes: i64,
+}
+
+impl Dataset {
+    /// Reads the file at `path`, validates every array and moves the splits to `device`.
+    pub fn load(path: &Path, device: Device) -> Result<Self, TrainError> {
+        let invalid = |detail: String| TrainError::Dataset {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let mut arrays = Tensor::read_npz(path)
+            .map_err(|err| invalid(format!("failed to read the npz archive: {err}")))?;
+        let mut take = |name: &str| -> Result<Tensor, TrainError> {
+            let position = arrays.iter().position(|(array_name, _)| array_name == name);
+            match position {
+                Some(index) => Ok(arrays.swap_remove(index).1),
+                None => Err(invalid(format!("missing array {name:?}"))),
+            }
+        };
+        let [train_x, train_y, val_x, val_y, test_x, test_y] = ARRAY_NAMES.map(&mut take);
+        let splits = [
+            ("train", train_x?, train_y?),
+            ("val", val_x?, val_y?),
+            ("test", test_x?, test_y?),
+        ];
+
+        for (name, x, y) in &splits {
+            check_split(name, x, y).map_err(invalid)?;
+        }
+        let row_shape = splits[0].1.size()[1..].to_vec();
+        for (name, x, _) in &splits[1..] {
+            let split_row_shape = &x.size()[1..];
+            if split_row_shape != row_shape.as_slice() {
+                return Err(invalid(format!(
+                    "{name}_x has rows of shape {split_row_shape:?} but train_x has \
+                     {row_shape:?}"
+                )));
+            }
+        }
+        let mut num_classes = 0;
+        for (_, _, y) in &splits {
+            num_classes = num_classes.max(y.f_max()?.f_int64_value(&[])? + 1);
+        }
+
+        let [train, val, test] = splits.map(|(_, x, y)| (x, y));
+        let to_device = |(x, y): (Tensor, Tensor)| -> Result<Split, TrainError> {
+            Ok(Split {
+                x: x.f_to_device(device)?,
+                y: y.f_to_device(device)?,
+            })
+        };
+        Ok(Dataset {
+            path: path.to_path_buf(),
+            train: to_device(train)?,
+            val: to_device(val)?,
+            test: to_device(test)?,
+            row_shape,
+            num_classes,
+        })
+    }
+
+    /// Checks that the rows fit `model`: "cnn" needs images of at least 2 x 2 pixels, and
+    /// "mlp" takes any row shape because it flattens each row.
+    pub fn check_input_for(&self, model: &str) -> Result<(), TrainError> {
+        if model != "cnn" {
+            return Ok(());
+        }
+        let detail = match self.row_shape.as_slice() {
+            [_, height, width] if *height >= 2 && *width >= 2 => return Ok(()),
+            [_, height, width] => format!(
+                "model \"cnn\" needs images of at least 2 x 2 pixels, got {height} x {width}"
+            ),
+            _ => format!(
+                "model \"cnn\" needs 4-D x (rows x channels x height x width), got train_x \
+                 of shape {:?}; use model \"mlp\" for flat features",
+                self.train.x.size()
+            ),
+        };
+        Err(TrainError::Dataset {
+            path: self.path.clone(),
+            detail,
+        })
+    }
+}
+
+/// Checks one split's dtypes, shapes and labels, returning what is wrong.
+fn check_split(name: &str, x: &Tensor, y: &Tensor) -> Result<(), String> {
+    let x_kind = x.kind();
+    if x_kind != Kind::Float {
+        return Err(format!(
+            "{name}_x has dtype {}, expected float32",
+            numpy_dtype(x_kind)
+        ));
+    }
+    let y_kind = y.kind();
+    if y_kind != Kind::Int64 {
+        return Err(format!(
+            "{name}_y has dtype {}, expected int64",
+            numpy_dtype(y_kind)
+        ));
+    }
+
+    let x_shape = x.size();
+    let y_shape = y.size();
+    if x_shape.len() < 2 {
+        return Err(format!(
+            "{name}_x has shape {x_shape:?}, expected rows x features or rows x channels x \
+             height x width"
+        ));
+    }
+    if y_shape.len() != 1 {
+        return Err(format!("{name}_y has shape {y_shape:?}, expected 1-D"));
+    }
+    if x_shape[0] != y_shape[0] {
+        return Err(format!(
+            "{name}_x has {} rows but {name}_y has {}",
+            x_shape[0], y_shape[0]
+        ));
+    }
+    if y_shape[0] == 0 {
+        return Err(format!("{name} split is empty"));
+    }
+    if x_shape[1..].contains(&0) {
+        return Err(format!(
+            "{name}_x has shape {x_shape:?}, expected every row to contain values"
+        ));
+    }
+
+    if !all_finite(x) {
+        return Err(format!("{name}_x contains NaN or infinite values"));
+    }
+    let min_label = y.min().int64_value(&[]);
+    if min_label < 0 {
+        return Err(format!(
+            "{name}_y contains label {min_label}, expected class ids >= 0"
+        ));
+    }
+    Ok(())
+}
+
+fn all_finite(x: &Tensor) -> bool {
+    x.isfinite().all().int64_value(&[]) == 1
+}
+
+/// Names a tensor kind the way numpy names the dtype, so messages match what the user saved.
+fn numpy_dtype(kind: Kind) -> String {
+    let name = match kind {
+        Kind::Uint8 => "uint8",
+        Kind::Int8 => "int8",
+        Kind::Int16 => "int16",
+        Kind::Int => "int32",
+        Kind::Int64 => "int64",
+        Kind::Half => "float16",
+        Kind::Float => "float32",
+        Kind::Double => "float64",
+        Kind::Bool => "bool",
+        Kind::ComplexFloat => "complex64",
+        Kind::ComplexDouble => "complex128",
+        other => return format!("{other:?}"),
+    };
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images(rows: i64) -> Tensor {
+        Tensor::zeros([rows, 1, 4, 4], (Kind::Float, Device::Cpu))
+    }
+
+    fn labels(rows: i64) -> Tensor {
+        Tensor::arange(rows, (Kind::Int64, Device::Cpu)).remainder(3)
+    }
+
+    fn valid_arrays() -> Vec<(&'static str, Tensor)> {
+        vec![
+            ("train_x", images(6)),
+            ("train_y", labels(6)),
+            ("val_x", images(3)),
+            ("val_y", labels(3)),
+            ("test_x", images(3)),
+            ("test_y", labels(3)),
+        ]
+    }
+
+    fn replaced(name: &str, array: Tensor) -> Vec<(&'static str, Tensor)> {
+        let mut arrays = valid_arrays();
+        let slot = arrays.iter_mut().find(|(n, _)| *n == name).unwrap();
+        slot.1 = array;
+        arrays
+    }
+
+    /// Writes `arrays` to a temporary npz file and loads it, returning the error detail.
+    fn load_error(arrays: &[(&str, Tensor)]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.npz");
+        Tensor::write_npz(arrays, &path).unwrap();
+        match Dataset::load(&path, Device::Cpu) {
+            Err(TrainError::Dataset {
+                path: err_path,
+                detail,
+            }) => {
+                assert_eq!(err_path, path);
+                detail
+            }
+            other => panic!("expected a dataset error, got {other:?}"),
+        }
+    }
+
+    fn load(arrays: &[(&str, Tensor)]) -> Dataset {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.npz");
+        Tensor::write_npz(arrays, &path).unwrap();
+        Dataset::load(&path, Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn load_reads_valid_arrays() {
+        let dataset = load(&valid_arrays());
+        assert_eq!(dataset.train.num_rows(), 6);
+        assert_eq!(dataset.val.num_rows(), 3);
+        assert_eq!(dataset.test.num_rows(), 3);
+        assert_eq!(dataset.row_shape, vec![1, 4, 4]);
+        assert_eq!(dataset.num_classes, 3);
+    }
+
+    #[test]
+    fn load_takes_classes_from_all_splits() {
+        let test_y = Tensor::from_slice(&[0_i64, 1, 7]);
+        let dataset = load(&replaced("test_y", test_y));
+        assert_eq!(dataset.num_classes, 8);
+    }
+
+    #[test]
+    fn load_rejects_missing_file() {
+        let path = Path::new("/nonexistent/data.npz");
+        let err = Dataset::load(path, Device::Cpu).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("invalid dataset /nonexistent/data.npz: failed to read"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn load_rejects_missing_array() {
+        let mut arrays = valid_arrays();
+        arrays.retain(|(name, _)| *name != "val_y");
+        assert_eq!(load_error(&arrays), "missing array \"val_y\"");
+    }
+
+    #[test]
+    fn load_rejects_float64_x() {
+        let arrays = replaced("val_x", images(3).to_kind(Kind::Double));
+        assert_eq!(
+            load_error(&arrays),
+            "val_x has dtype float64, expected float32"
+        );
+    }
+
+    #[test]
+    fn load_rejects_int32_y() {
+        let arrays = replaced("train_y", labels(6).to_kind(Kind::Int));
+        assert_eq!(
+            load_error(&arrays),
+            "train_y has dtype int32, expected int64"
+        );
+    }
+
+    #[test]
+    fn load_rejects_row_count_mismatch() {
+        let arrays = replaced("train_y", labels(7));
+        assert_eq!(load_error(&arrays), "train_x has 6 rows but train_y has 7");
+    }
+
+    #[test]
+    fn load_rejects_empty_split() {
+        let mut arrays = replaced("test_x", images(0));
+        arrays[5].1 = labels(0);
+        assert_eq!(load_error(&arrays), "test split is empty");
+    }
+
+    #[test]
+    fn load_rejects_1d_x() {
+        let x = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        let message = load_error(&replaced("val_x", x));
+        assert!(
+            message.starts_with("val_x has shape [3], expected rows x features"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn load_rejects_2d_y() {
+        let y = labels(3).reshape([3, 1]);
+        assert_eq!(
+            load_error(&replaced("val_y", y)),
+            "val_y has shape [3, 1], expected 1-D"
+        );
+    }
+
+    #[test]
+    fn load_rejects_row_shape_mismatch() {
+        let x = Tensor::zeros([3, 16], (Kind::Float, Device::Cpu));
+        assert_eq!(
+            load_error(&replaced("test_x", x)),
+            "test_x has rows of shape [16] but train_x has [1, 4, 4]"
+        );
+    }
+
+    #[test]
+    fn load_rejects_negative_label() {
+        let y = Tensor::from_slice(&[0_i64, -1, 2]);
+        assert_eq!(
+            load_error(&replaced("val_y", y)),
+            "val_y contains label -1, expected class ids >= 0"
+        );
+    }
+
+    #[test]
+    fn load_rejects_nan_input() {
+        let x = images(6);
+        let _ = x.get(2).fill_(f64::NAN);
+        assert_eq!(
+            load_error(&replaced("train_x", x)),
+            "train_x contains NaN or infinite values"
+        );
+    }
+
+    #[test]
+    fn cnn_rejects_flat_rows() {
+        let mut arrays = valid_arrays();
+        for (name, array) in arrays.iter_mut() {
+            if name.ends_with("_x") {
+                *array = array.flatten(1, -1);
+            }
+        }
+        let err = load(&arrays).check_input_for("cnn").unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(
+                "model \"cnn\" needs 4-D x (rows x channels x height x width), \
+                 got train_x of shape [6, 16]"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn cnn_rejects_one_pixel_rows() {
+        let mut arrays = valid_arrays();
+        for (name, array) in arrays.iter_mut() {
+            if name.ends_with("_x") {
+                *array = array.reshape([-1, 16, 1, 1]);
+            }
+        }
+        let err = load(&arrays).check_input_for("cnn").unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.ends_with("model \"cnn\" needs images of at least 2 x 2 pixels, got 1 x 1"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn mlp_accepts_flat_rows() {
+        let mut arrays = valid_arrays();
+        for (name, array) in arrays.iter_mut() {
+            if name.ends_with("_x") {
+                *array = array.flatten(1, -1);
+            }
+        }
+        assert!(load(&arrays).check_input_for("mlp").is_ok());
+    }
+}
