@@ -234,7 +234,7 @@ fn final_metric(trial: &v1::Trial, name: &str) -> Option<f64> {
 
 /// Orders trials for the leaderboard: succeeded ones by objective, best first, then the rest
 /// by index.
-fn leaderboard_order<'a>(report: &'a RunReport) -> Vec<&'a v1::Trial> {
+fn leaderboard_order(report: &RunReport) -> Vec<&v1::Trial> {
     let maximize = report
         .sweep
         .objective
@@ -407,9 +407,28 @@ fn trial_json(trial: &v1::Trial) -> serde_json::Value {
         "test_accuracy": final_metric(trial, "test_accuracy"),
         "test_loss": final_metric(trial, "test_loss"),
         "epochs": trial.history.len(),
-        "attempts": trial.attempts.len(),
+        "attempts": trial.attempts.iter().map(attempt_json).collect::<Vec<_>>(),
         "duration_seconds": duration_seconds(trial),
         "reason": trial.reason,
+    })
+}
+
+fn attempt_json(attempt: &v1::Attempt) -> serde_json::Value {
+    let status =
+        v1::AttemptStatus::try_from(attempt.status).unwrap_or(v1::AttemptStatus::Unspecified);
+    let status = status
+        .as_str_name()
+        .trim_start_matches("ATTEMPT_STATUS_")
+        .to_lowercase();
+    json!({
+        "number": attempt.number,
+        "worker_id": attempt.worker_id,
+        "slot": attempt.slot,
+        "status": status,
+        "started_at_ms": attempt.started_at_ms,
+        "ended_at_ms": attempt.ended_at_ms,
+        "exit_code": attempt.exit_code,
+        "reason": attempt.reason,
     })
 }
 
