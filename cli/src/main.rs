@@ -5,13 +5,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod client;
 mod report;
 mod run;
+mod serve;
 
-/// Exit code for a sweep that ended failed.
-const EXIT_SWEEP_FAILED: u8 = 1;
-/// Exit code for invalid input or an error before or around the sweep.
-const EXIT_ERROR: u8 = 2;
+/// Exit code for a sweep that ended failed, and for a service that failed while running.
+const EXIT_FAILED: u8 = 1;
+/// Exit code for invalid input: a bad spec, flag or config file, or a missing file.
+const EXIT_INVALID: u8 = 2;
 /// Exit code for a sweep cancelled by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
 const EXIT_CANCELLED: u8 = 130;
 
@@ -22,10 +24,10 @@ const EXIT_CANCELLED: u8 = 130;
     about = "Distributed hyperparameter sweeps on libtorch, ending in an ensemble"
 )]
 struct Cli {
-    /// Log filter for the services' logs on stderr, in RUST_LOG syntax (for example "info" or
-    /// "tunefleet_coordinator=debug").
-    #[arg(long, global = true, env = "TUNEFLEET_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter for logs on stderr, in RUST_LOG syntax (for example "info" or
+    /// "tunefleet_coordinator=debug") [default: "warn", and "info" for the services].
+    #[arg(long, global = true, env = "TUNEFLEET_LOG")]
+    log: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -35,6 +37,46 @@ struct Cli {
 enum Command {
     /// Run a sweep on this machine: an in-process coordinator and local worker slots.
     Run(run::RunArgs),
+    /// Serve a coordinator for a fleet of workers.
+    Coordinator(serve::CoordinatorArgs),
+    /// Run a worker agent that trains trials from a coordinator.
+    Worker(serve::WorkerArgs),
+    /// Launch, list, inspect, watch, cancel or resume sweeps on a coordinator.
+    Sweep {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        command: client::SweepCommand,
+    },
+    /// List a sweep's trials.
+    Trials {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(flatten)]
+        args: client::TrialsArgs,
+    },
+    /// Inspect one trial.
+    Trial {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        command: client::TrialCommand,
+    },
+    /// Show a sweep's ensemble beside its best trial.
+    Ensemble {
+        #[command(flatten)]
+        connection: client::Connection,
+        sweep_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the workers registered with a coordinator.
+    Workers {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[arg(long)]
+        json: bool,
+    },
     /// Train one attempt, reading the request on stdin (started by workers, not by people).
     #[command(hide = true)]
     TrainTrial,
@@ -46,12 +88,17 @@ fn main() -> ExitCode {
         // No runtime and no log subscriber: the trainer's stdout carries its protocol.
         return ExitCode::from(tunefleet_worker::trainer_process::run() as u8);
     }
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|err| {
+    let is_service = matches!(cli.command, Command::Coordinator(_) | Command::Worker(_));
+    let default_filter = if is_service { "info" } else { "warn" };
+    let filter_text = cli
+        .log
+        .clone()
+        .unwrap_or_else(|| default_filter.to_string());
+    let filter = EnvFilter::try_new(&filter_text).unwrap_or_else(|err| {
         eprintln!(
-            "warning: invalid --log filter {:?} ({err}); using \"warn\"",
-            cli.log
+            "warning: invalid --log filter {filter_text:?} ({err}); using {default_filter:?}"
         );
-        EnvFilter::new("warn")
+        EnvFilter::new(default_filter)
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -62,18 +109,44 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: failed to start the async runtime: {err}");
-            return ExitCode::from(EXIT_ERROR);
+            return ExitCode::from(EXIT_FAILED);
         }
     };
-    let result = match cli.command {
-        Command::Run(args) => runtime.block_on(run::run(args)),
-        Command::TrainTrial => unreachable!("handled above"),
-    };
+    let result = runtime.block_on(dispatch(cli.command));
     match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(EXIT_ERROR)
+            if is_service && err.downcast_ref::<serve::ConfigError>().is_none() {
+                ExitCode::from(EXIT_FAILED)
+            } else {
+                ExitCode::from(EXIT_INVALID)
+            }
         }
     }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => return run::run(args).await,
+        Command::Coordinator(args) => serve::run_coordinator(args).await?,
+        Command::Worker(args) => serve::run_worker(args).await?,
+        Command::Sweep {
+            connection,
+            command,
+        } => client::sweep(connection, command).await?,
+        Command::Trials { connection, args } => client::trials(connection, args).await?,
+        Command::Trial {
+            connection,
+            command,
+        } => client::trial(connection, command).await?,
+        Command::Ensemble {
+            connection,
+            sweep_id,
+            json,
+        } => client::ensemble(connection, sweep_id, json).await?,
+        Command::Workers { connection, json } => client::workers(connection, json).await?,
+        Command::TrainTrial => unreachable!("handled before the runtime starts"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

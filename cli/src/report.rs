@@ -182,7 +182,7 @@ fn is_terminal(status: TrialStatus) -> bool {
     )
 }
 
-fn status_name(status: TrialStatus) -> &'static str {
+pub fn status_name(status: TrialStatus) -> &'static str {
     match status {
         TrialStatus::Unspecified => "unknown",
         TrialStatus::Pending => "pending",
@@ -193,7 +193,7 @@ fn status_name(status: TrialStatus) -> &'static str {
     }
 }
 
-fn sweep_status_name(status: i32) -> &'static str {
+pub fn sweep_status_name(status: i32) -> &'static str {
     match SweepStatus::try_from(status).unwrap_or(SweepStatus::Unspecified) {
         SweepStatus::Unspecified => "unknown",
         SweepStatus::Running => "running",
@@ -203,7 +203,7 @@ fn sweep_status_name(status: i32) -> &'static str {
     }
 }
 
-fn format_params(params: &[v1::Param]) -> String {
+pub fn format_params(params: &[v1::Param]) -> String {
     match params_from_proto(params) {
         Ok(values) => values
             .iter()
@@ -217,14 +217,14 @@ fn format_params(params: &[v1::Param]) -> String {
     }
 }
 
-fn duration_seconds(trial: &v1::Trial) -> f64 {
+pub fn duration_seconds(trial: &v1::Trial) -> f64 {
     if trial.started_at_ms == 0 || trial.ended_at_ms < trial.started_at_ms {
         return 0.0;
     }
     (trial.ended_at_ms - trial.started_at_ms) as f64 / 1000.0
 }
 
-fn final_metric(trial: &v1::Trial, name: &str) -> Option<f64> {
+pub fn final_metric(trial: &v1::Trial, name: &str) -> Option<f64> {
     trial
         .final_metrics
         .iter()
@@ -234,7 +234,7 @@ fn final_metric(trial: &v1::Trial, name: &str) -> Option<f64> {
 
 /// Orders trials for the leaderboard: succeeded ones by objective, best first, then the rest
 /// by index.
-fn leaderboard_order(report: &RunReport) -> Vec<&v1::Trial> {
+pub fn leaderboard_order(report: &RunReport) -> Vec<&v1::Trial> {
     let maximize = report
         .sweep
         .objective
@@ -283,17 +283,30 @@ pub fn render_text(report: &RunReport) -> String {
         let _ = writeln!(out, "reason: {}", sweep.reason);
     }
     let _ = writeln!(out, "objective: {} ({goal})\n", objective.metric);
+    out.push_str(&render_trials(
+        &leaderboard_order(report),
+        &objective.metric,
+    ));
 
+    match &report.ensemble {
+        Some(ensemble) => render_ensemble(&mut out, ensemble),
+        None => out.push_str("\nno ensemble: no trial succeeded\n"),
+    }
+    out
+}
+
+/// Renders trials as a ranked table in the given order.
+pub fn render_trials(trials: &[&v1::Trial], objective_metric: &str) -> String {
     let mut rows = vec![vec![
         "rank".to_string(),
         "trial".to_string(),
-        objective.metric.clone(),
+        objective_metric.to_string(),
         "test_accuracy".to_string(),
         "status".to_string(),
         "duration".to_string(),
         "parameters".to_string(),
     ]];
-    for (rank, trial) in leaderboard_order(report).into_iter().enumerate() {
+    for (rank, trial) in trials.iter().enumerate() {
         let status = TrialStatus::try_from(trial.status).unwrap_or(TrialStatus::Unspecified);
         rows.push(vec![
             (rank + 1).to_string(),
@@ -307,16 +320,183 @@ pub fn render_text(report: &RunReport) -> String {
             format_params(&trial.params),
         ]);
     }
-    out.push_str(&table(&rows));
+    table(&rows)
+}
 
-    match &report.ensemble {
-        Some(ensemble) => render_ensemble(&mut out, ensemble),
-        None => out.push_str("\nno ensemble: no trial succeeded\n"),
+/// Renders one trial: parameters, attempts and metric history.
+pub fn render_trial(trial: &v1::Trial) -> String {
+    let mut out = String::new();
+    let status = TrialStatus::try_from(trial.status).unwrap_or(TrialStatus::Unspecified);
+    let _ = writeln!(
+        out,
+        "trial #{} ({}) of sweep {}: {}",
+        trial.index,
+        trial.trial_id,
+        trial.sweep_id,
+        status_name(status)
+    );
+    if !trial.reason.is_empty() {
+        let _ = writeln!(out, "reason: {}", trial.reason);
     }
+    let _ = writeln!(out, "parameters: {}", format_params(&trial.params));
+    if let Some(objective) = trial.objective {
+        let _ = writeln!(out, "objective: {objective:.4}");
+    }
+    for metric in &trial.final_metrics {
+        let _ = writeln!(out, "{}: {:.4}", metric.name, metric.value);
+    }
+    let mut attempts = vec![vec![
+        "attempt".to_string(),
+        "worker".into(),
+        "slot".into(),
+        "status".into(),
+        "exit".into(),
+        "reason".into(),
+    ]];
+    for attempt in &trial.attempts {
+        let status =
+            v1::AttemptStatus::try_from(attempt.status).unwrap_or(v1::AttemptStatus::Unspecified);
+        attempts.push(vec![
+            attempt.number.to_string(),
+            attempt.worker_id.clone(),
+            attempt.slot.to_string(),
+            attempt_status_name(status),
+            attempt.exit_code.to_string(),
+            attempt.reason.clone(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&table(&attempts));
+    if let Some(tail) = trial
+        .attempts
+        .iter()
+        .rev()
+        .map(|a| &a.stderr_tail)
+        .find(|t| !t.is_empty())
+    {
+        let _ = writeln!(
+            out,
+            "\nstderr of the last failed attempt:\n{}",
+            tail.trim_end()
+        );
+    }
+    let names: Vec<String> = trial
+        .history
+        .first()
+        .map(|e| e.metrics.iter().map(|m| m.name.clone()).collect())
+        .unwrap_or_default();
+    let mut history = vec![std::iter::once("epoch".to_string())
+        .chain(names.iter().cloned())
+        .collect::<Vec<_>>()];
+    for epoch in &trial.history {
+        let mut row = vec![epoch.epoch.to_string()];
+        for name in &names {
+            let value = epoch.metrics.iter().find(|m| &m.name == name);
+            row.push(value.map_or("-".to_string(), |m| format!("{:.4}", m.value)));
+        }
+        history.push(row);
+    }
+    out.push('\n');
+    out.push_str(&table(&history));
     out
 }
 
-fn render_ensemble(out: &mut String, ensemble: &v1::EnsembleSummary) {
+/// Names an attempt status in lower case, as tables and JSON show it.
+pub fn attempt_status_name(status: v1::AttemptStatus) -> String {
+    status
+        .as_str_name()
+        .trim_start_matches("ATTEMPT_STATUS_")
+        .to_lowercase()
+}
+
+/// Renders sweeps as a table.
+pub fn render_sweeps(sweeps: &[v1::Sweep]) -> String {
+    let mut rows = vec![vec![
+        "sweep".to_string(),
+        "name".into(),
+        "status".into(),
+        "created".into(),
+        "succeeded".into(),
+        "failed".into(),
+        "cancelled".into(),
+        "running".into(),
+        "pending".into(),
+        "planned".into(),
+        "reason".into(),
+    ]];
+    for sweep in sweeps {
+        let counts = sweep.counts.unwrap_or_default();
+        rows.push(vec![
+            sweep.sweep_id.clone(),
+            sweep.name.clone(),
+            sweep_status_name(sweep.status).to_string(),
+            format_time(sweep.created_at_ms),
+            counts.succeeded.to_string(),
+            counts.failed.to_string(),
+            counts.cancelled.to_string(),
+            counts.running.to_string(),
+            counts.pending.to_string(),
+            sweep.num_trials_planned.to_string(),
+            sweep.reason.clone(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Renders workers as a table.
+pub fn render_workers(workers: &[v1::Worker]) -> String {
+    let now = tunefleet_proto::now_ms();
+    let mut rows = vec![vec![
+        "worker".to_string(),
+        "host".into(),
+        "status".into(),
+        "slots".into(),
+        "devices".into(),
+        "running".into(),
+        "last heartbeat".into(),
+        "labels".into(),
+    ]];
+    for worker in workers {
+        let devices: Vec<&str> = worker.slots.iter().map(|s| s.device.as_str()).collect();
+        let mut labels: Vec<String> = worker
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        rows.push(vec![
+            worker.worker_id.clone(),
+            worker.hostname.clone(),
+            worker_status_name(worker.status),
+            worker.slots.len().to_string(),
+            devices.join(" "),
+            worker.running.len().to_string(),
+            format!(
+                "{:.1} s ago",
+                (now - worker.last_heartbeat_ms).max(0) as f64 / 1000.0
+            ),
+            labels.join(" "),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Names a worker status in lower case.
+pub fn worker_status_name(status: i32) -> String {
+    let status = v1::WorkerStatus::try_from(status).unwrap_or(v1::WorkerStatus::Unspecified);
+    status
+        .as_str_name()
+        .trim_start_matches("WORKER_STATUS_")
+        .to_lowercase()
+}
+
+/// Formats a Unix time in milliseconds as an RFC 3339 UTC time to the second.
+fn format_time(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+pub fn render_ensemble(out: &mut String, ensemble: &v1::EnsembleSummary) {
     let members: Vec<String> = ensemble
         .members
         .iter()
@@ -391,7 +571,7 @@ fn json_value(value: &Value) -> serde_json::Value {
     }
 }
 
-fn trial_json(trial: &v1::Trial) -> serde_json::Value {
+pub fn trial_json(trial: &v1::Trial) -> serde_json::Value {
     let status = TrialStatus::try_from(trial.status).unwrap_or(TrialStatus::Unspecified);
     let params: serde_json::Map<String, serde_json::Value> = params_from_proto(&trial.params)
         .unwrap_or_default()
@@ -416,10 +596,7 @@ fn trial_json(trial: &v1::Trial) -> serde_json::Value {
 fn attempt_json(attempt: &v1::Attempt) -> serde_json::Value {
     let status =
         v1::AttemptStatus::try_from(attempt.status).unwrap_or(v1::AttemptStatus::Unspecified);
-    let status = status
-        .as_str_name()
-        .trim_start_matches("ATTEMPT_STATUS_")
-        .to_lowercase();
+    let status = attempt_status_name(status);
     json!({
         "number": attempt.number,
         "worker_id": attempt.worker_id,
@@ -434,59 +611,113 @@ fn attempt_json(attempt: &v1::Attempt) -> serde_json::Value {
 
 /// Builds the machine-readable result: the sweep, the leaderboard (best first) and the ensemble.
 pub fn to_json(report: &RunReport) -> serde_json::Value {
-    let sweep = &report.sweep;
-    let counts = sweep.counts.unwrap_or_default();
-    let objective = sweep.objective.clone().unwrap_or_default();
     let leaderboard: Vec<serde_json::Value> = leaderboard_order(report)
         .into_iter()
         .map(trial_json)
         .collect();
-    let ensemble = report.ensemble.as_ref().map(|e| {
-        let members: Vec<serde_json::Value> = e
-            .members
-            .iter()
-            .map(|m| json!({"trial_id": m.trial_id, "trial_index": m.trial_index, "count": m.count, "weight": m.weight}))
-            .collect();
-        json!({
-            "selection_metric": e.selection_metric,
-            "size": e.size,
-            "num_candidates": e.num_candidates,
-            "members": members,
-            "val_accuracy": e.val_accuracy,
-            "val_loss": e.val_loss,
-            "test_accuracy": e.test_accuracy,
-            "test_loss": e.test_loss,
-            "best_trial": {
-                "trial_id": e.best_trial_id,
-                "trial_index": e.best_trial_index,
-                "val_accuracy": e.best_val_accuracy,
-                "val_loss": e.best_val_loss,
-                "test_accuracy": e.best_test_accuracy,
-                "test_loss": e.best_test_loss,
-            },
-        })
-    });
+    let mut sweep = sweep_json(&report.sweep);
+    sweep["wall_seconds"] = json!(report.wall_seconds);
     json!({
-        "sweep": {
-            "sweep_id": sweep.sweep_id,
-            "name": sweep.name,
-            "status": sweep_status_name(sweep.status),
-            "reason": sweep.reason,
-            "objective": {
-                "metric": objective.metric,
-                "goal": if objective.goal == Goal::Minimize as i32 { "minimize" } else { "maximize" },
-            },
-            "counts": {
-                "pending": counts.pending,
-                "running": counts.running,
-                "succeeded": counts.succeeded,
-                "failed": counts.failed,
-                "cancelled": counts.cancelled,
-            },
-            "num_trials_planned": sweep.num_trials_planned,
-            "wall_seconds": report.wall_seconds,
-        },
+        "sweep": sweep,
         "leaderboard": leaderboard,
-        "ensemble": ensemble,
+        "ensemble": report.ensemble.as_ref().map(ensemble_json),
+    })
+}
+
+/// Builds a sweep's JSON: status, objective and trial counts.
+pub fn sweep_json(sweep: &v1::Sweep) -> serde_json::Value {
+    let counts = sweep.counts.unwrap_or_default();
+    let objective = sweep.objective.clone().unwrap_or_default();
+    json!({
+        "sweep_id": sweep.sweep_id,
+        "name": sweep.name,
+        "status": sweep_status_name(sweep.status),
+        "reason": sweep.reason,
+        "objective": {
+            "metric": objective.metric,
+            "goal": if objective.goal == Goal::Minimize as i32 { "minimize" } else { "maximize" },
+        },
+        "counts": {
+            "pending": counts.pending,
+            "running": counts.running,
+            "succeeded": counts.succeeded,
+            "failed": counts.failed,
+            "cancelled": counts.cancelled,
+        },
+        "num_trials_created": sweep.num_trials_created,
+        "num_trials_planned": sweep.num_trials_planned,
+        "max_concurrent": sweep.max_concurrent,
+        "created_at_ms": sweep.created_at_ms,
+        "ended_at_ms": sweep.ended_at_ms,
+    })
+}
+
+/// Builds an ensemble's JSON, with the best single trial beside it.
+pub fn ensemble_json(e: &v1::EnsembleSummary) -> serde_json::Value {
+    let members: Vec<serde_json::Value> = e
+        .members
+        .iter()
+        .map(|m| json!({"trial_id": m.trial_id, "trial_index": m.trial_index, "count": m.count, "weight": m.weight}))
+        .collect();
+    json!({
+        "sweep_id": e.sweep_id,
+        "selection_metric": e.selection_metric,
+        "size": e.size,
+        "num_candidates": e.num_candidates,
+        "members": members,
+        "val_accuracy": e.val_accuracy,
+        "val_loss": e.val_loss,
+        "test_accuracy": e.test_accuracy,
+        "test_loss": e.test_loss,
+        "best_trial": {
+            "trial_id": e.best_trial_id,
+            "trial_index": e.best_trial_index,
+            "val_accuracy": e.best_val_accuracy,
+            "val_loss": e.best_val_loss,
+            "test_accuracy": e.best_test_accuracy,
+            "test_loss": e.best_test_loss,
+        },
+    })
+}
+
+/// Builds a trial's per-epoch metric history as JSON.
+pub fn history_json(trial: &v1::Trial) -> serde_json::Value {
+    let epochs: Vec<serde_json::Value> = trial
+        .history
+        .iter()
+        .map(|epoch| {
+            let mut row = serde_json::Map::new();
+            row.insert("epoch".to_string(), json!(epoch.epoch));
+            for metric in &epoch.metrics {
+                row.insert(metric.name.clone(), json!(metric.value));
+            }
+            serde_json::Value::Object(row)
+        })
+        .collect();
+    json!(epochs)
+}
+
+/// Builds a worker's JSON.
+pub fn worker_json(worker: &v1::Worker) -> serde_json::Value {
+    let slots: Vec<serde_json::Value> = worker
+        .slots
+        .iter()
+        .map(|s| json!({"index": s.index, "device": s.device, "num_threads": s.num_threads}))
+        .collect();
+    let running: Vec<serde_json::Value> = worker
+        .running
+        .iter()
+        .map(|a| json!({"trial_id": a.trial_id, "attempt": a.attempt}))
+        .collect();
+    json!({
+        "worker_id": worker.worker_id,
+        "hostname": worker.hostname,
+        "status": worker_status_name(worker.status),
+        "version": worker.version,
+        "labels": worker.labels,
+        "slots": slots,
+        "running": running,
+        "registered_at_ms": worker.registered_at_ms,
+        "last_heartbeat_ms": worker.last_heartbeat_ms,
     })
 }

@@ -11,14 +11,13 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
-use tunefleet_coordinator::spec::SweepSpec;
 use tunefleet_coordinator::{Coordinator, CoordinatorConfig};
 use tunefleet_proto::v1::sweep_service_client::SweepServiceClient;
 use tunefleet_proto::v1::{self, sweep_event::Kind as EventKind, SweepStatus};
-use tunefleet_worker::{detect_slots, SlotConfig, WorkerConfig};
+use tunefleet_worker::{plan_slots, GpuSelection, SlotConfig, WorkerConfig};
 
 use crate::report::{self, Progress, RunReport};
-use crate::{EXIT_CANCELLED, EXIT_SWEEP_FAILED};
+use crate::{EXIT_CANCELLED, EXIT_FAILED};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -67,7 +66,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let worker_config = WorkerConfig {
         coordinator_url: url.clone(),
-        slots: local_slots(args.slots, args.threads_per_slot),
+        slots: local_slots(args.slots, args.threads_per_slot)?,
         trainer_command: vec![
             std::env::current_exe()
                 .context("failed to find the tunefleet executable")?
@@ -75,6 +74,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "train-trial".into(),
         ],
         hostname: "localhost".to_string(),
+        labels: Default::default(),
+        // Ctrl-C cancels the sweep first, so nothing is left to finish at shutdown.
+        shutdown_grace: std::time::Duration::ZERO,
     };
     let num_slots = worker_config.slots.len();
     let (worker_stop_tx, worker_stop_rx) = oneshot::channel::<()>();
@@ -111,7 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         _ => {
             eprintln!("error: sweep failed: {}", report.sweep.reason);
-            ExitCode::from(EXIT_SWEEP_FAILED)
+            ExitCode::from(EXIT_FAILED)
         }
     })
 }
@@ -119,17 +121,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// Reads and validates the spec here, before any service starts, so that a bad spec or a
 /// missing dataset fails at once with one clear message.
 fn load_spec(path: &Path) -> anyhow::Result<(String, String)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read spec {}", path.display()))?;
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let base_dir = parent
-        .canonicalize()
-        .with_context(|| format!("failed to resolve the directory of {}", path.display()))?;
-    let spec = SweepSpec::parse(&text, &base_dir)
-        .with_context(|| format!("invalid spec {}", path.display()))?;
+    let (spec, text, base_dir) = crate::client::read_spec(path)?;
     if !spec.task.dataset.is_file() {
         bail!(
             "dataset {} not found (task.dataset in {})",
@@ -137,13 +129,19 @@ fn load_spec(path: &Path) -> anyhow::Result<(String, String)> {
             path.display()
         );
     }
-    Ok((text, base_dir.display().to_string()))
+    Ok((text, base_dir))
 }
 
-fn local_slots(num_cpu_slots: Option<u32>, num_threads: u32) -> Vec<SlotConfig> {
+fn local_slots(num_cpu_slots: Option<u32>, num_threads: u32) -> anyhow::Result<Vec<SlotConfig>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let default_slots = (cores / num_threads).max(1);
-    detect_slots(num_cpu_slots.unwrap_or(default_slots), num_threads)
+    let slots = plan_slots(
+        &GpuSelection::All,
+        1,
+        num_cpu_slots.unwrap_or(default_slots),
+        num_threads,
+    );
+    slots.map_err(|err| anyhow::anyhow!(err))
 }
 
 /// Creates the sweep, shows its progress until it ends (cancelling it on Ctrl-C or SIGTERM),

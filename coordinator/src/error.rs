@@ -35,6 +35,8 @@ pub enum CoordinatorError {
         action: &'static str,
         status: &'static str,
     },
+    #[error("sweep {0} is still running: only an ended sweep can be resumed")]
+    SweepRunning(SweepId),
     #[error("no ensemble for sweep {sweep_id}: {source}")]
     Ensemble {
         sweep_id: SweepId,
@@ -57,6 +59,7 @@ impl From<CoordinatorError> for Status {
             | CoordinatorError::WorkerNotFound(_) => Code::NotFound,
             CoordinatorError::StaleAttempt { .. }
             | CoordinatorError::SweepEnded { .. }
+            | CoordinatorError::SweepRunning(_)
             | CoordinatorError::Ensemble { .. }
             | CoordinatorError::NoEnsembleYet(_) => Code::FailedPrecondition,
             CoordinatorError::Store(StoreError::InvalidArtifactName(_)) => Code::InvalidArgument,

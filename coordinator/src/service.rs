@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 use tunefleet_proto::v1::sweep_service_server::{SweepService, SweepServiceServer};
@@ -63,6 +63,8 @@ struct Inner {
     ensembles: Mutex<HashMap<SweepId, v1::EnsembleSummary>>,
     events_tx: broadcast::Sender<v1::SweepEvent>,
     work_available: Notify,
+    /// Set when the server begins to shut down, so long polls and watches end at once.
+    stopping: watch::Sender<bool>,
 }
 
 impl Coordinator {
@@ -77,18 +79,12 @@ impl Coordinator {
         config: CoordinatorConfig,
         store: Box<dyn StateStore>,
     ) -> Result<Self, CoordinatorError> {
-        let snapshot = store.load()?;
-        let ensembles = snapshot
-            .ensembles
+        let mut snapshot = store.load()?;
+        let ensembles = std::mem::take(&mut snapshot.ensembles)
             .into_iter()
             .filter_map(|e| Some((e.sweep_id.parse().ok()?, e)))
             .collect();
-        let scheduler = Scheduler::restore(
-            config.scheduler.clone(),
-            snapshot.sweeps,
-            snapshot.trials,
-            now_ms(),
-        )?;
+        let scheduler = Scheduler::restore(config.scheduler.clone(), snapshot, now_ms())?;
         let (events_tx, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let inner = Inner {
             config,
@@ -97,6 +93,7 @@ impl Coordinator {
             ensembles: Mutex::new(ensembles),
             events_tx,
             work_available: Notify::new(),
+            stopping: watch::channel(false).0,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -124,6 +121,12 @@ impl Coordinator {
         let workers = WorkerServiceServer::new(self.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let stopping = self.inner.stopping.clone();
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("coordinator shutting down: ending long polls and watches");
+            let _ = stopping.send(true);
+        };
         let result = tonic::transport::Server::builder()
             .add_service(sweeps)
             .add_service(workers)
@@ -168,6 +171,9 @@ impl Coordinator {
         for trial_id in &changes.trials {
             batch.trials.push(state.trial(*trial_id)?.clone());
         }
+        for worker_id in &changes.workers {
+            batch.workers.push(state.worker(*worker_id)?.clone());
+        }
         if let Err(err) = self.inner.store.write(&batch) {
             tracing::error!(error = %err, "store write failed; reloading state from the store");
             self.reload(state);
@@ -192,13 +198,8 @@ impl Coordinator {
             .store
             .load()
             .map_err(CoordinatorError::from)
-            .and_then(|s| {
-                Scheduler::restore(
-                    self.inner.config.scheduler.clone(),
-                    s.sweeps,
-                    s.trials,
-                    now_ms(),
-                )
+            .and_then(|snapshot| {
+                Scheduler::restore(self.inner.config.scheduler.clone(), snapshot, now_ms())
             });
         match restored {
             Ok(scheduler) => *state = scheduler,
@@ -338,6 +339,30 @@ impl SweepService for Coordinator {
         Ok(Response::new(sweep))
     }
 
+    async fn resume_sweep(
+        &self,
+        request: Request<v1::ResumeSweepRequest>,
+    ) -> Result<Response<v1::Sweep>, Status> {
+        let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
+        let sweep = self.mutate(|state| {
+            state.resume_sweep(sweep_id, now_ms())?;
+            Ok(state.sweep(sweep_id)?.clone())
+        })?;
+        // The stored ensemble belongs to the run that ended; a new one is selected at the end.
+        if sweep.status == SweepStatus::Running as i32 {
+            self.lock_ensembles().remove(&sweep_id);
+        }
+        Ok(Response::new(sweep))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        let workers = self.lock().list_workers(now_ms());
+        Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+
     async fn list_trials(
         &self,
         request: Request<v1::ListTrialsRequest>,
@@ -399,27 +424,31 @@ impl Coordinator {
                 || (event.kind == EventKind::Snapshot as i32
                     && status != Some(SweepStatus::Running as i32))
         };
+        let sweep_key = sweep_id.to_string();
+        let mut stopping = self.inner.stopping.subscribe();
         let mut next = Some(snapshot);
         loop {
-            let event = match next.take() {
-                Some(event) => event,
-                None => match events_rx.recv().await {
-                    Ok(event)
-                        if event.sweep.as_ref().map(|s| s.sweep_id.as_str())
-                            == Some(&sweep_id.to_string()) =>
-                    {
-                        event
+            let received = match next.take() {
+                Some(event) => Ok(event),
+                None => tokio::select! {
+                    received = events_rx.recv() => received,
+                    _ = stopping.changed() => {
+                        let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down"))).await;
+                        return;
                     }
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(%sweep_id, missed, "watcher fell behind; sending a fresh snapshot");
-                        match self.lock().snapshot_event(sweep_id) {
-                            Ok(snapshot) => snapshot,
-                            Err(_) => return,
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
                 },
+            };
+            let event = match received {
+                Ok(event) if event.sweep.as_ref().map(|s| &s.sweep_id) == Some(&sweep_key) => event,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(%sweep_id, missed, "watcher fell behind; sending a fresh snapshot");
+                    match self.lock().snapshot_event(sweep_id) {
+                        Ok(snapshot) => snapshot,
+                        Err(_) => return,
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
             };
             let is_end = ended(&event);
             if tx.send(Ok(event)).await.is_err() || is_end {
@@ -443,10 +472,9 @@ impl WorkerService for Coordinator {
         }
         let num_slots = request.slots.len();
         let hostname = request.hostname.clone();
-        let worker_id = self
-            .lock()
-            .register_worker(request.hostname, request.slots, now_ms());
-        tracing::info!(%worker_id, %hostname, num_slots, version = %request.version, "worker joined");
+        let version = request.version.clone();
+        let worker_id = self.mutate(|state| Ok(state.register_worker(request, now_ms())))?;
+        tracing::info!(%worker_id, %hostname, num_slots, %version, "worker joined");
         Ok(Response::new(v1::RegisterWorkerResponse {
             worker_id: worker_id.to_string(),
             heartbeat_interval_ms: self.inner.config.heartbeat_interval_ms,
@@ -480,8 +508,19 @@ impl WorkerService for Coordinator {
             if assignment.is_some() {
                 return Ok(Response::new(v1::AcquireTrialResponse { assignment }));
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(Response::new(v1::AcquireTrialResponse { assignment: None }));
+            let mut stopping = self.inner.stopping.subscribe();
+            if *stopping.borrow() {
+                return Err(Status::unavailable("the coordinator is shutting down"));
+            }
+            tokio::select! {
+                woken = tokio::time::timeout_at(deadline, notified) => {
+                    if woken.is_err() {
+                        return Ok(Response::new(v1::AcquireTrialResponse { assignment: None }));
+                    }
+                }
+                _ = stopping.changed() => {
+                    return Err(Status::unavailable("the coordinator is shutting down"));
+                }
             }
         }
     }

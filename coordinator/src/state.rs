@@ -16,6 +16,7 @@ use tunefleet_proto::{params_to_proto, SweepId, TrialId, WorkerId};
 use crate::error::CoordinatorError;
 use crate::search;
 use crate::spec::{Goal, SweepSpec};
+use crate::store::Snapshot;
 
 /// Tunables of the state machine.
 #[derive(Debug, Clone)]
@@ -35,16 +36,6 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// What a registered worker offers.
-#[derive(Debug, Clone)]
-pub struct WorkerEntry {
-    pub worker_id: WorkerId,
-    pub hostname: String,
-    pub slots: Vec<v1::Slot>,
-    pub registered_at_ms: i64,
-    pub last_heartbeat_ms: i64,
-}
-
 struct SweepEntry {
     sweep: v1::Sweep,
     spec: SweepSpec,
@@ -57,6 +48,7 @@ struct SweepEntry {
 pub struct Changes {
     pub sweeps: BTreeSet<SweepId>,
     pub trials: BTreeSet<TrialId>,
+    pub workers: BTreeSet<WorkerId>,
     pub events: Vec<v1::SweepEvent>,
     /// Sweeps that reached a terminal state; their ensemble is selected next.
     pub ended_sweeps: Vec<SweepId>,
@@ -77,7 +69,8 @@ pub struct Scheduler {
     trials: HashMap<TrialId, v1::Trial>,
     /// Lease expiry time of each running trial's current attempt.
     leases: HashMap<TrialId, i64>,
-    workers: HashMap<WorkerId, WorkerEntry>,
+    /// Registered workers; `last_heartbeat_ms` is kept in memory only.
+    workers: HashMap<WorkerId, v1::Worker>,
     changes: Changes,
 }
 
@@ -131,11 +124,21 @@ impl Scheduler {
     /// workers can carry on reporting; if they never do, the lease expires as usual.
     pub fn restore(
         config: SchedulerConfig,
-        sweeps: Vec<v1::Sweep>,
-        trials: Vec<v1::Trial>,
+        snapshot: Snapshot,
         now_ms: i64,
     ) -> Result<Self, CoordinatorError> {
+        let Snapshot {
+            sweeps,
+            trials,
+            workers,
+            ..
+        } = snapshot;
         let mut scheduler = Self::new(config);
+        for mut worker in workers {
+            // Known workers get a full lease TTL to send their next heartbeat.
+            worker.last_heartbeat_ms = now_ms;
+            scheduler.workers.insert(worker.worker_id.parse()?, worker);
+        }
         let mut sweeps = sweeps;
         sweeps.sort_by_key(|s| (s.created_at_ms, s.sweep_id.clone()));
         for sweep in sweeps {
@@ -211,9 +214,38 @@ impl Scheduler {
         Ok(entry.trial_ids.iter().map(|id| &self.trials[id]).collect())
     }
 
-    /// Returns the registered workers.
-    pub fn workers(&self) -> impl Iterator<Item = &WorkerEntry> {
-        self.workers.values()
+    /// Returns the registered workers with their status and running attempts as of `now_ms`.
+    pub fn list_workers(&self, now_ms: i64) -> Vec<v1::Worker> {
+        let mut workers: Vec<v1::Worker> = self.workers.values().cloned().collect();
+        workers.sort_by_key(|w| (w.registered_at_ms, w.worker_id.clone()));
+        for worker in &mut workers {
+            let silent_ms = now_ms - worker.last_heartbeat_ms;
+            let status = if silent_ms > self.config.lease_ttl_ms {
+                v1::WorkerStatus::Lost
+            } else {
+                v1::WorkerStatus::Active
+            };
+            worker.status = status as i32;
+            worker.running = self.running_attempts_of(&worker.worker_id);
+        }
+        workers
+    }
+
+    fn running_attempts_of(&self, worker_id: &str) -> Vec<v1::AttemptRef> {
+        let mut running: Vec<v1::AttemptRef> = self
+            .leases
+            .keys()
+            .filter_map(|trial_id| {
+                let attempt = self.trials[trial_id].attempts.last()?;
+                (attempt.worker_id == worker_id).then(|| v1::AttemptRef {
+                    worker_id: worker_id.to_string(),
+                    trial_id: trial_id.to_string(),
+                    attempt: attempt.number,
+                })
+            })
+            .collect();
+        running.sort_by(|a, b| a.trial_id.cmp(&b.trial_id));
+        running
     }
 
     /// Builds the first event of a watch: the sweep and all its trials.
@@ -268,23 +300,31 @@ impl Scheduler {
         sweep_id
     }
 
-    /// Registers a worker and returns its new id.
-    pub fn register_worker(
-        &mut self,
-        hostname: String,
-        slots: Vec<v1::Slot>,
-        now_ms: i64,
-    ) -> WorkerId {
+    /// Registers a worker and returns its new id. A worker that restarts registers again and
+    /// gets a new id, so the attempts it held before can never report again.
+    pub fn register_worker(&mut self, request: v1::RegisterWorkerRequest, now_ms: i64) -> WorkerId {
         let worker_id = WorkerId::new_random();
-        let entry = WorkerEntry {
-            worker_id,
-            hostname,
-            slots,
+        let worker = v1::Worker {
+            worker_id: worker_id.to_string(),
+            hostname: request.hostname,
+            slots: request.slots,
+            labels: request.labels,
+            version: request.version,
             registered_at_ms: now_ms,
             last_heartbeat_ms: now_ms,
+            status: v1::WorkerStatus::Active as i32,
+            running: Vec::new(),
         };
-        self.workers.insert(worker_id, entry);
+        self.workers.insert(worker_id, worker);
+        self.changes.workers.insert(worker_id);
         worker_id
+    }
+
+    /// Returns a registered worker's record.
+    pub fn worker(&self, worker_id: WorkerId) -> Result<&v1::Worker, CoordinatorError> {
+        self.workers
+            .get(&worker_id)
+            .ok_or(CoordinatorError::WorkerNotFound(worker_id))
     }
 
     /// Records a worker's heartbeat: renews the leases of the attempts it still runs and
@@ -516,6 +556,46 @@ impl Scheduler {
                 status: sweep_status_name(status),
             }),
         }
+    }
+
+    /// Re-queues an ended sweep's failed and cancelled trials and runs it again. Succeeded
+    /// trials keep their results and never run again; trials the search had not created yet
+    /// are created as usual.
+    pub fn resume_sweep(&mut self, sweep_id: SweepId, now_ms: i64) -> Result<(), CoordinatorError> {
+        let status = sweep_status(self.sweep(sweep_id)?);
+        if status == SweepStatus::Running {
+            return Err(CoordinatorError::SweepRunning(sweep_id));
+        }
+        let trial_ids = self.sweeps[&sweep_id].trial_ids.clone();
+        let mut num_requeued = 0;
+        for trial_id in trial_ids {
+            let trial = self.trials.get_mut(&trial_id).expect("trial exists");
+            if !matches!(
+                trial_status(trial),
+                TrialStatus::Failed | TrialStatus::Cancelled
+            ) {
+                continue;
+            }
+            trial.status = TrialStatus::Pending as i32;
+            trial.reason = String::new();
+            trial.ended_at_ms = 0;
+            trial.objective = None;
+            trial.history.clear();
+            trial.final_metrics.clear();
+            trial.artifacts.clear();
+            num_requeued += 1;
+            self.touch_trial(trial_id, EventKind::EpochReported);
+        }
+        let entry = self.sweeps.get_mut(&sweep_id).expect("sweep exists");
+        entry.sweep.status = SweepStatus::Running as i32;
+        entry.sweep.reason = String::new();
+        entry.sweep.ended_at_ms = 0;
+        self.changes.sweeps.insert(sweep_id);
+        tracing::info!(%sweep_id, num_requeued, "sweep resumed");
+        self.refresh_counts(sweep_id);
+        // A sweep with nothing left to run ends again at once.
+        self.after_trial_change(sweep_id, now_ms);
+        Ok(())
     }
 
     /// Expires every lease older than `now_ms`: the attempt is lost and its trial goes back to

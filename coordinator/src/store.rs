@@ -12,6 +12,7 @@ use tunefleet_proto::v1;
 const SWEEPS: TableDefinition<&str, &[u8]> = TableDefinition::new("sweeps");
 const TRIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("trials");
 const ENSEMBLES: TableDefinition<&str, &[u8]> = TableDefinition::new("ensembles");
+const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
 
 /// The longest artifact name accepted, in bytes.
 pub const MAX_ARTIFACT_NAME_LEN: usize = 64;
@@ -48,6 +49,7 @@ pub struct Snapshot {
     pub sweeps: Vec<v1::Sweep>,
     pub trials: Vec<v1::Trial>,
     pub ensembles: Vec<v1::EnsembleSummary>,
+    pub workers: Vec<v1::Worker>,
 }
 
 /// Records to write together in one transaction.
@@ -56,12 +58,16 @@ pub struct WriteBatch {
     pub sweeps: Vec<v1::Sweep>,
     pub trials: Vec<v1::Trial>,
     pub ensembles: Vec<v1::EnsembleSummary>,
+    pub workers: Vec<v1::Worker>,
 }
 
 impl WriteBatch {
     /// Reports whether the batch has nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.sweeps.is_empty() && self.trials.is_empty() && self.ensembles.is_empty()
+        self.sweeps.is_empty()
+            && self.trials.is_empty()
+            && self.ensembles.is_empty()
+            && self.workers.is_empty()
     }
 }
 
@@ -101,7 +107,7 @@ impl EmbeddedStore {
         fs::create_dir_all(&artifact_root).map_err(io_error)?;
         let db = Database::create(data_dir.join("state.redb")).map_err(redb::Error::from)?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
-        for table in [SWEEPS, TRIALS, ENSEMBLES] {
+        for table in [SWEEPS, TRIALS, ENSEMBLES, WORKERS] {
             txn.open_table(table).map_err(redb::Error::from)?;
         }
         txn.commit().map_err(redb::Error::from)?;
@@ -163,6 +169,7 @@ impl StateStore for EmbeddedStore {
             sweeps: read_table(&txn, SWEEPS, "sweeps")?,
             trials: read_table(&txn, TRIALS, "trials")?,
             ensembles: read_table(&txn, ENSEMBLES, "ensembles")?,
+            workers: read_table(&txn, WORKERS, "workers")?,
         })
     }
 
@@ -183,6 +190,8 @@ impl StateStore for EmbeddedStore {
         )?;
         let ensembles = batch.ensembles.iter().map(|e| (e.sweep_id.as_str(), e));
         write_table(&txn, ENSEMBLES, ensembles)?;
+        let workers = batch.workers.iter().map(|w| (w.worker_id.as_str(), w));
+        write_table(&txn, WORKERS, workers)?;
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
     }
@@ -247,7 +256,7 @@ mod tests {
                     index: 3,
                     ..Default::default()
                 }],
-                ensembles: vec![],
+                ..Default::default()
             };
             store.write(&batch).unwrap();
         }

@@ -29,9 +29,41 @@ const MAX_TRAINER_MESSAGE_BYTES: u64 = 256 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotConfig {
     pub index: u32,
-    /// "cpu" or "cuda:N", N being the host's device number.
+    /// "cpu", or "cuda:" and the host's device numbers, such as "cuda:0" or "cuda:2,3".
     pub device: String,
     pub num_threads: u32,
+}
+
+/// Which CUDA devices a worker offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSelection {
+    /// Every device libtorch sees (none on a host without CUDA).
+    All,
+    /// No GPU: CPU slots only.
+    None,
+    /// These device numbers.
+    List(Vec<usize>),
+}
+
+impl std::str::FromStr for GpuSelection {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "all" => Ok(GpuSelection::All),
+            "none" => Ok(GpuSelection::None),
+            _ => {
+                let parsed: Result<Vec<usize>, _> =
+                    value.split(',').map(|d| d.trim().parse()).collect();
+                match parsed {
+                    Ok(devices) if !devices.is_empty() => Ok(GpuSelection::List(devices)),
+                    _ => Err(format!(
+                        "invalid GPU selection {value:?}: expected \"all\", \"none\" or device numbers such as \"0,2\""
+                    )),
+                }
+            }
+        }
+    }
 }
 
 /// Settings of one worker agent.
@@ -43,25 +75,76 @@ pub struct WorkerConfig {
     /// The program and arguments that start a trainer process.
     pub trainer_command: Vec<OsString>,
     pub hostname: String,
+    /// Free-form key=value labels shown by `tunefleet workers`.
+    pub labels: HashMap<String, String>,
+    /// How long running attempts may go on after shutdown begins before they are stopped and
+    /// handed back to the coordinator.
+    pub shutdown_grace: Duration,
 }
 
-/// Returns one slot per CUDA device when libtorch sees CUDA, otherwise `num_cpu_slots` CPU
-/// slots of `num_threads` threads each.
-pub fn detect_slots(num_cpu_slots: u32, num_threads: u32) -> Vec<SlotConfig> {
-    let num_gpus = if tch::Cuda::is_available() {
-        tch::Cuda::device_count() as u32
+/// Plans the worker's slots: groups of `gpus_per_trial` selected CUDA devices, or, when no GPU
+/// is selected or present, `num_cpu_slots` CPU slots of `num_threads` threads each.
+pub fn plan_slots(
+    gpus: &GpuSelection,
+    gpus_per_trial: usize,
+    num_cpu_slots: u32,
+    num_threads: u32,
+) -> Result<Vec<SlotConfig>, String> {
+    let num_visible = if tch::Cuda::is_available() {
+        tch::Cuda::device_count() as usize
     } else {
         0
     };
-    if num_gpus > 0 {
-        return (0..num_gpus)
-            .map(|i| SlotConfig {
-                index: i,
-                device: format!("cuda:{i}"),
-                num_threads: num_threads.max(1),
-            })
-            .collect();
+    let devices: Vec<usize> = match gpus {
+        GpuSelection::None => Vec::new(),
+        GpuSelection::All => (0..num_visible).collect(),
+        GpuSelection::List(list) => {
+            if let Some(missing) = list.iter().find(|d| **d >= num_visible) {
+                return Err(format!(
+                    "invalid GPU {missing}: libtorch sees {num_visible} CUDA device(s) on this host"
+                ));
+            }
+            list.clone()
+        }
+    };
+    let slots = gpu_slots(&devices, gpus_per_trial, num_threads)?;
+    if slots.is_empty() {
+        return Ok(cpu_slots(num_cpu_slots, num_threads));
     }
+    Ok(slots)
+}
+
+/// Groups devices into slots of `gpus_per_trial`; devices left over are not used.
+fn gpu_slots(
+    devices: &[usize],
+    gpus_per_trial: usize,
+    num_threads: u32,
+) -> Result<Vec<SlotConfig>, String> {
+    if gpus_per_trial == 0 {
+        return Err("invalid GPUs per trial 0: expected an int >= 1".to_string());
+    }
+    if !devices.is_empty() && gpus_per_trial > devices.len() {
+        return Err(format!(
+            "invalid GPUs per trial {gpus_per_trial}: only {} GPU(s) selected",
+            devices.len()
+        ));
+    }
+    let slots = devices
+        .chunks_exact(gpus_per_trial)
+        .enumerate()
+        .map(|(i, group)| {
+            let numbers: Vec<String> = group.iter().map(usize::to_string).collect();
+            SlotConfig {
+                index: i as u32,
+                device: format!("cuda:{}", numbers.join(",")),
+                num_threads: num_threads.max(1),
+            }
+        })
+        .collect();
+    Ok(slots)
+}
+
+fn cpu_slots(num_cpu_slots: u32, num_threads: u32) -> Vec<SlotConfig> {
     (0..num_cpu_slots.max(1))
         .map(|i| SlotConfig {
             index: i,
@@ -121,21 +204,24 @@ pub async fn run(
         !config.trainer_command.is_empty(),
         "the trainer command is empty"
     );
+    // Connects on first use and reconnects after the coordinator restarts.
     let channel = Endpoint::from_shared(config.coordinator_url.clone())
         .with_context(|| format!("invalid coordinator URL {:?}", config.coordinator_url))?
         .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| {
-            format!(
-                "failed to connect to the coordinator at {}",
-                config.coordinator_url
-            )
-        })?;
+        .connect_lazy();
     let client = WorkerServiceClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
-    let (worker_id, heartbeat_interval) = register(&mut client.clone(), &config).await?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown_task = tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    });
+    let Some((worker_id, heartbeat_interval)) =
+        register_until_accepted(&client, &config, shutdown_rx.clone()).await
+    else {
+        return Ok(());
+    };
     tracing::info!(
         %worker_id,
         coordinator = %config.coordinator_url,
@@ -149,28 +235,67 @@ pub async fn run(
         running: Mutex::new(HashMap::new()),
     });
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        shared.clone(),
-        heartbeat_interval,
-        shutdown_rx.clone(),
-    ));
-    let slot_tasks: Vec<_> = config
+    let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), heartbeat_interval));
+    let mut slot_tasks: Vec<_> = config
         .slots
         .iter()
         .map(|slot| tokio::spawn(slot_loop(shared.clone(), slot.clone(), shutdown_rx.clone())))
         .collect();
 
-    shutdown.await;
-    tracing::info!("worker shutting down; stopping running attempts");
-    let _ = shutdown_tx.send(true);
-    shared.stop_all("the worker is shutting down");
-    for task in slot_tasks {
-        let _ = task.await;
+    let _ = shutdown_task.await;
+    let num_running = shared.running().len();
+    let grace_ms = config.shutdown_grace.as_millis() as u64;
+    tracing::info!(
+        num_running,
+        grace_ms,
+        "worker shutting down: taking no new trials"
+    );
+    // Heartbeats go on during the grace period, so running attempts keep their leases.
+    let finished = join_slot_tasks(&mut slot_tasks);
+    if tokio::time::timeout(config.shutdown_grace, finished)
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over: stopping running attempts and handing them back");
+        shared.stop_all("the worker is shutting down");
+        join_slot_tasks(&mut slot_tasks).await;
     }
     heartbeat.abort();
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Registers, retrying with backoff while the coordinator is unreachable; `None` when shutdown
+/// came first.
+async fn register_until_accepted(
+    client: &WorkerServiceClient<Channel>,
+    config: &WorkerConfig,
+    mut shutdown_rx: watch::Receiver<bool>,
+) -> Option<(String, Duration)> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match register(&mut client.clone(), config).await {
+            Ok(registration) => return Some(registration),
+            Err(err) => {
+                tracing::warn!(coordinator = %config.coordinator_url, error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "registration failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown_rx.changed() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Waits for every slot task. Finished handles are skipped, so calling it again after a
+/// timeout waits only for the rest.
+async fn join_slot_tasks(tasks: &mut [tokio::task::JoinHandle<()>]) {
+    for task in tasks.iter_mut() {
+        if !task.is_finished() {
+            let _ = task.await;
+        }
+    }
 }
 
 async fn register(
@@ -190,6 +315,7 @@ async fn register(
         hostname: config.hostname.clone(),
         slots,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        labels: config.labels.clone(),
     };
     let response = client
         .register_worker(request)
@@ -203,17 +329,10 @@ async fn register(
 /// Sends heartbeats for the running attempts and stops the ones the coordinator names. If the
 /// coordinator no longer knows this worker, it registers again under a new id and stops every
 /// running attempt, since attempts of the old id can no longer report.
-async fn heartbeat_loop(
-    shared: Arc<Shared>,
-    interval: Duration,
-    mut shutdown_rx: watch::Receiver<bool>,
-) {
+async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown_rx.changed() => return,
-        }
+        ticker.tick().await;
         let running: Vec<v1::AttemptRef> =
             shared.running().values().map(|(a, _)| a.clone()).collect();
         let request = v1::HeartbeatRequest {
@@ -628,4 +747,53 @@ async fn read_event(stdout: &mut ChildStdout) -> std::io::Result<Option<Event>> 
     stdout.read_exact(&mut buffer).await?;
     let message = v1::TrainerEvent::decode(buffer.as_slice()).map_err(std::io::Error::other)?;
     Ok(message.event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_selection_parses() {
+        assert_eq!("all".parse::<GpuSelection>(), Ok(GpuSelection::All));
+        assert_eq!("none".parse::<GpuSelection>(), Ok(GpuSelection::None));
+        assert_eq!(
+            "0,2".parse::<GpuSelection>(),
+            Ok(GpuSelection::List(vec![0, 2]))
+        );
+        assert!("gpu0"
+            .parse::<GpuSelection>()
+            .unwrap_err()
+            .contains("\"gpu0\""));
+    }
+
+    #[test]
+    fn gpu_slots_group_devices() {
+        let slots = gpu_slots(&[0, 1, 2, 3, 4], 2, 4).unwrap();
+        let devices: Vec<&str> = slots.iter().map(|s| s.device.as_str()).collect();
+        assert_eq!(devices, vec!["cuda:0,1", "cuda:2,3"]);
+        assert_eq!(slots[1].index, 1);
+    }
+
+    #[test]
+    fn gpu_slots_reject_oversized_groups() {
+        let err = gpu_slots(&[0], 2, 1).unwrap_err();
+        assert_eq!(err, "invalid GPUs per trial 2: only 1 GPU(s) selected");
+    }
+
+    #[test]
+    fn no_gpu_falls_back_to_cpu_slots() {
+        let slots = plan_slots(&GpuSelection::None, 1, 3, 2).unwrap();
+        assert_eq!(slots.len(), 3);
+        assert!(slots
+            .iter()
+            .all(|s| s.device == "cpu" && s.num_threads == 2));
+    }
+
+    #[test]
+    fn missing_gpu_is_rejected() {
+        // No host has 1001 CUDA devices.
+        let err = plan_slots(&GpuSelection::List(vec![1000]), 1, 1, 1).unwrap_err();
+        assert!(err.starts_with("invalid GPU 1000"), "{err}");
+    }
 }

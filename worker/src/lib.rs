@@ -5,4 +5,4 @@ pub mod agent;
 pub mod train;
 pub mod trainer_process;
 
-pub use agent::{detect_slots, SlotConfig, WorkerConfig};
+pub use agent::{plan_slots, GpuSelection, SlotConfig, WorkerConfig};

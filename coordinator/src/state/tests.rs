@@ -47,7 +47,12 @@ fn worker(scheduler: &mut Scheduler) -> WorkerId {
         device: "cpu".into(),
         num_threads: 1,
     };
-    scheduler.register_worker("host".into(), vec![slot], 0)
+    let request = v1::RegisterWorkerRequest {
+        hostname: "host".into(),
+        slots: vec![slot],
+        ..Default::default()
+    };
+    scheduler.register_worker(request, 0)
 }
 
 fn attempt_of(assignment: &v1::Assignment) -> v1::AttemptRef {
@@ -403,21 +408,24 @@ fn restore_keeps_every_record() {
     let done = s.acquire(w, 0, 0).unwrap().unwrap();
     let running = s.acquire(w, 0, 0).unwrap().unwrap();
     succeed(&mut s, &done, 0.9);
-    let sweeps = s.sweeps().into_iter().cloned().collect();
-    let trials = s
-        .trials_of(sweep_id)
-        .unwrap()
-        .into_iter()
-        .cloned()
-        .collect();
+    let snapshot = crate::store::Snapshot {
+        sweeps: s.sweeps().into_iter().cloned().collect(),
+        trials: s
+            .trials_of(sweep_id)
+            .unwrap()
+            .into_iter()
+            .cloned()
+            .collect(),
+        workers: s.list_workers(0),
+        ensembles: Vec::new(),
+    };
 
     let mut restored = Scheduler::restore(
         SchedulerConfig {
             lease_ttl_ms: TTL_MS,
             max_attempts: 2,
         },
-        sweeps,
-        trials,
+        snapshot,
         100,
     )
     .unwrap();
@@ -436,5 +444,69 @@ fn restore_keeps_every_record() {
     assert_eq!(
         restored.acquire(w2, 0, 102).unwrap().unwrap().trial_index,
         2
+    );
+}
+
+#[test]
+fn resume_requeues_failed_and_cancelled_only() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec("max_concurrent = 3"));
+    let w = worker(&mut s);
+    let ok = s.acquire(w, 0, 0).unwrap().unwrap();
+    let bad = s.acquire(w, 0, 0).unwrap().unwrap();
+    s.acquire(w, 0, 0).unwrap().unwrap();
+    succeed(&mut s, &ok, 0.9);
+    complete(&mut s, &bad, Outcome::Failed);
+    s.cancel_sweep(sweep_id, 20).unwrap();
+    let before = trial_statuses(&s, sweep_id);
+    assert_eq!(
+        before,
+        vec![
+            TrialStatus::Succeeded,
+            TrialStatus::Failed,
+            TrialStatus::Cancelled
+        ]
+    );
+
+    s.resume_sweep(sweep_id, 30).unwrap();
+    assert_eq!(status_of(&s, sweep_id), SweepStatus::Running);
+    let after = trial_statuses(&s, sweep_id);
+    assert_eq!(
+        after,
+        vec![
+            TrialStatus::Succeeded,
+            TrialStatus::Pending,
+            TrialStatus::Pending
+        ]
+    );
+
+    // Pending retries go first, then the trial the search had not created yet.
+    let indexes: Vec<u32> = (0..3)
+        .map(|_| s.acquire(w, 0, 31).unwrap().unwrap().trial_index)
+        .collect();
+    assert_eq!(indexes, vec![1, 2, 3]);
+    assert!(s.acquire(w, 0, 31).unwrap().is_none());
+}
+
+#[test]
+fn resume_of_running_sweep_is_rejected() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec(""));
+    let err = s.resume_sweep(sweep_id, 1).unwrap_err();
+    assert!(matches!(err, CoordinatorError::SweepRunning(_)), "{err}");
+}
+
+#[test]
+fn silent_worker_is_listed_lost() {
+    let mut s = scheduler();
+    let w = worker(&mut s);
+    let workers = s.list_workers(TTL_MS + 1);
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].worker_id, w.to_string());
+    assert_eq!(workers[0].status, v1::WorkerStatus::Lost as i32);
+    s.heartbeat(w, &[], TTL_MS + 1).unwrap();
+    assert_eq!(
+        s.list_workers(TTL_MS + 2)[0].status,
+        v1::WorkerStatus::Active as i32
     );
 }

@@ -1,0 +1,287 @@
+//! `tunefleet coordinator` and `tunefleet worker`: the long-running services of a fleet.
+//!
+//! Settings come from flags, then environment variables (both through clap), then an optional
+//! TOML config file, then built-in defaults; the first that sets a value wins.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tunefleet_coordinator::state::SchedulerConfig;
+use tunefleet_coordinator::{Coordinator, CoordinatorConfig};
+use tunefleet_worker::{plan_slots, GpuSelection, WorkerConfig};
+
+/// A failure that is the operator's input, reported with exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    /// Address to serve gRPC on [default: 127.0.0.1:7800].
+    #[arg(long, env = "TUNEFLEET_LISTEN")]
+    listen: Option<SocketAddr>,
+
+    /// Directory of the store (state.redb) and the artifacts [default: /var/lib/tunefleet].
+    #[arg(long, env = "TUNEFLEET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// How long an attempt's lease lasts without a heartbeat, in milliseconds [default: 10000].
+    #[arg(long, env = "TUNEFLEET_LEASE_TTL_MS")]
+    lease_ttl_ms: Option<u32>,
+
+    /// How often workers send heartbeats, in milliseconds [default: 2000].
+    #[arg(long, env = "TUNEFLEET_HEARTBEAT_INTERVAL_MS")]
+    heartbeat_interval_ms: Option<u32>,
+
+    /// Attempts a trial may use before losing one more fails it [default: 3].
+    #[arg(long, env = "TUNEFLEET_MAX_ATTEMPTS")]
+    max_attempts: Option<u32>,
+
+    /// TOML file with any of: listen, data_dir, lease_ttl_ms, heartbeat_interval_ms,
+    /// max_attempts.
+    #[arg(long, env = "TUNEFLEET_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoordinatorFile {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    lease_ttl_ms: Option<u32>,
+    heartbeat_interval_ms: Option<u32>,
+    max_attempts: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// The coordinator's URL [default: http://127.0.0.1:7800].
+    #[arg(long, env = "TUNEFLEET_COORDINATOR")]
+    coordinator: Option<String>,
+
+    /// GPUs to offer: "all" (every CUDA device libtorch sees), "none", or device numbers such
+    /// as "0,2" [default: all].
+    #[arg(long, env = "TUNEFLEET_GPUS")]
+    gpus: Option<String>,
+
+    /// GPUs each trial gets; its slot's devices are its CUDA_VISIBLE_DEVICES [default: 1].
+    #[arg(long, env = "TUNEFLEET_GPUS_PER_TRIAL")]
+    gpus_per_trial: Option<usize>,
+
+    /// CPU slots when no GPU is offered [default: CPU cores divided by --threads-per-slot].
+    #[arg(long, env = "TUNEFLEET_CPU_SLOTS")]
+    cpu_slots: Option<u32>,
+
+    /// libtorch threads per slot [default: 1].
+    #[arg(long, env = "TUNEFLEET_THREADS_PER_SLOT")]
+    threads_per_slot: Option<u32>,
+
+    /// A key=value label shown by `tunefleet workers`; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+
+    /// Seconds running trials may go on after SIGTERM before they are stopped and handed back
+    /// to the coordinator [default: 30].
+    #[arg(long, env = "TUNEFLEET_GRACE_PERIOD_SECS")]
+    grace_period_secs: Option<u64>,
+
+    /// The name this worker registers under [default: the host name].
+    #[arg(long, env = "TUNEFLEET_HOSTNAME")]
+    hostname: Option<String>,
+
+    /// TOML file with any of: coordinator, gpus, gpus_per_trial, cpu_slots, threads_per_slot,
+    /// labels (a table), grace_period_secs, hostname.
+    #[arg(long, env = "TUNEFLEET_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkerFile {
+    coordinator: Option<String>,
+    gpus: Option<String>,
+    gpus_per_trial: Option<usize>,
+    cpu_slots: Option<u32>,
+    threads_per_slot: Option<u32>,
+    labels: Option<HashMap<String, String>>,
+    grace_period_secs: Option<u64>,
+    hostname: Option<String>,
+}
+
+fn read_config_file<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigError> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        ConfigError(format!(
+            "failed to read config file {}: {err}",
+            path.display()
+        ))
+    })?;
+    toml::from_str(&text)
+        .map_err(|err| ConfigError(format!("invalid config file {}: {err}", path.display())))
+}
+
+fn positive(name: &str, value: u32) -> Result<u32, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError(format!(
+            "invalid {name} 0: expected an int >= 1"
+        )));
+    }
+    Ok(value)
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("failed to install signal handlers; stop the process with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Serves a coordinator until SIGTERM or SIGINT.
+pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let file: CoordinatorFile = read_config_file(args.config.as_deref())?;
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7800)));
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/tunefleet"));
+    let lease_ttl_ms = positive(
+        "lease_ttl_ms",
+        args.lease_ttl_ms.or(file.lease_ttl_ms).unwrap_or(10_000),
+    )?;
+    let heartbeat_interval_ms = positive(
+        "heartbeat_interval_ms",
+        args.heartbeat_interval_ms
+            .or(file.heartbeat_interval_ms)
+            .unwrap_or(2_000),
+    )?;
+    let max_attempts = positive(
+        "max_attempts",
+        args.max_attempts.or(file.max_attempts).unwrap_or(3),
+    )?;
+    if heartbeat_interval_ms >= lease_ttl_ms {
+        return Err(ConfigError(format!(
+            "invalid heartbeat_interval_ms {heartbeat_interval_ms}: expected less than lease_ttl_ms {lease_ttl_ms}, or every lease would expire between heartbeats"
+        ))
+        .into());
+    }
+
+    let config = CoordinatorConfig {
+        data_dir: data_dir.clone(),
+        scheduler: SchedulerConfig {
+            lease_ttl_ms: i64::from(lease_ttl_ms),
+            max_attempts,
+        },
+        heartbeat_interval_ms,
+    };
+    let coordinator = Coordinator::open(config)
+        .with_context(|| format!("failed to open the store in {}", data_dir.display()))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("failed to listen on {listen}"))?;
+    tracing::info!(%listen, lease_ttl_ms, heartbeat_interval_ms, max_attempts, "coordinator starting");
+    coordinator
+        .serve(listener, termination_signal())
+        .await
+        .context("the gRPC server failed")?;
+    Ok(())
+}
+
+fn parse_labels(pairs: &[String]) -> Result<HashMap<String, String>, ConfigError> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+            _ => Err(ConfigError(format!(
+                "invalid label {pair:?}: expected KEY=VALUE"
+            ))),
+        })
+        .collect()
+}
+
+/// Runs a worker agent until SIGTERM or SIGINT, then finishes or hands back its trials.
+pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let file: WorkerFile = read_config_file(args.config.as_deref())?;
+    let coordinator_url = args
+        .coordinator
+        .or(file.coordinator)
+        .unwrap_or_else(|| "http://127.0.0.1:7800".to_string());
+    let gpus: GpuSelection = args
+        .gpus
+        .or(file.gpus)
+        .unwrap_or_else(|| "all".to_string())
+        .parse()
+        .map_err(ConfigError)?;
+    let gpus_per_trial = args.gpus_per_trial.or(file.gpus_per_trial).unwrap_or(1);
+    let threads = positive(
+        "threads_per_slot",
+        args.threads_per_slot.or(file.threads_per_slot).unwrap_or(1),
+    )?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let cpu_slots = positive(
+        "cpu_slots",
+        args.cpu_slots
+            .or(file.cpu_slots)
+            .unwrap_or((cores / threads).max(1)),
+    )?;
+    let mut labels = file.labels.unwrap_or_default();
+    labels.extend(parse_labels(&args.labels)?);
+    let grace = Duration::from_secs(
+        args.grace_period_secs
+            .or(file.grace_period_secs)
+            .unwrap_or(30),
+    );
+    let hostname = args
+        .hostname
+        .or(file.hostname)
+        .unwrap_or_else(local_hostname);
+    let slots = plan_slots(&gpus, gpus_per_trial, cpu_slots, threads).map_err(ConfigError)?;
+    if !coordinator_url.starts_with("http://") && !coordinator_url.starts_with("https://") {
+        bail!(ConfigError(format!(
+            "invalid coordinator URL {coordinator_url:?}: expected http://HOST:PORT"
+        )));
+    }
+
+    let config = WorkerConfig {
+        coordinator_url,
+        slots,
+        trainer_command: vec![
+            std::env::current_exe()
+                .context("failed to find the tunefleet executable")?
+                .into(),
+            "train-trial".into(),
+        ],
+        hostname,
+        labels,
+        shutdown_grace: grace,
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), coordinator = %config.coordinator_url, "worker starting");
+    tunefleet_worker::agent::run(config, termination_signal()).await
+}
+
+fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
