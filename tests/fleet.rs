@@ -1,0 +1,430 @@
+//! Fleet tests with real processes: a `tunefleet coordinator` and several `tunefleet worker`
+//! processes on loopback, SIGKILLed mid-sweep, with every trial accounted for at the end.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tunefleet_proto::v1::sweep_service_client::SweepServiceClient;
+use tunefleet_proto::v1::worker_service_client::WorkerServiceClient;
+use tunefleet_proto::v1::{self, AttemptStatus, Outcome, SweepStatus, TrialStatus};
+
+const LEASE_TTL_MS: &str = "2000";
+const HEARTBEAT_INTERVAL_MS: &str = "300";
+const MAX_CONCURRENT: u32 = 2;
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tunefleet")
+}
+
+fn digits_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/digits.npz")
+}
+
+/// A child process that is SIGKILLed when the test ends, however it ends.
+struct Process {
+    child: Child,
+    name: String,
+}
+
+impl Process {
+    fn spawn(name: &str, args: &[&str], log_dir: &Path) -> Process {
+        let log = File::create(log_dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(binary())
+            .args(args)
+            .env("TUNEFLEET_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("failed to start {name}: {err}"));
+        Process {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            eprintln!("stopping {}", self.name);
+            self.kill();
+        }
+    }
+}
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    port: u16,
+    coordinator: Option<Process>,
+    workers: HashMap<String, Process>,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        // Bind a port to learn a free one; the coordinator binds it right after.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        Fleet {
+            dir: tempfile::tempdir().unwrap(),
+            port,
+            coordinator: None,
+            workers: HashMap::new(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn start_coordinator(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let data_dir = self.dir.path().join("data");
+        let args = [
+            "coordinator",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--lease-ttl-ms",
+            LEASE_TTL_MS,
+            "--heartbeat-interval-ms",
+            HEARTBEAT_INTERVAL_MS,
+        ];
+        let name = format!("coordinator-{}", self.coordinator.is_some() as u8);
+        self.coordinator = Some(Process::spawn(&name, &args, self.dir.path()));
+        wait_until(
+            "the coordinator serves",
+            Duration::from_secs(20),
+            || async {
+                match SweepServiceClient::connect(self.url()).await {
+                    Ok(mut client) => client.list_sweeps(v1::ListSweepsRequest {}).await.is_ok(),
+                    Err(_) => false,
+                }
+            },
+        )
+        .await;
+    }
+
+    fn start_worker(&mut self, hostname: &str) {
+        let url = self.url();
+        let args = [
+            "worker",
+            "--coordinator",
+            &url,
+            "--gpus",
+            "none",
+            "--cpu-slots",
+            "1",
+            "--threads-per-slot",
+            "1",
+            "--grace-period-secs",
+            "0",
+            "--hostname",
+            hostname,
+        ];
+        let process = Process::spawn(hostname, &args, self.dir.path());
+        self.workers.insert(hostname.to_string(), process);
+    }
+
+    async fn client(&self) -> SweepServiceClient<Channel> {
+        SweepServiceClient::connect(self.url()).await.unwrap()
+    }
+
+    fn write_spec(&self, num_trials: usize, epochs: u32) -> PathBuf {
+        let lrs: Vec<String> = (0..num_trials)
+            .map(|i| format!("{:.4}", 0.005 + 0.001 * i as f64))
+            .collect();
+        let spec = format!(
+            r#"
+name = "fleet"
+[objective]
+metric = "val_accuracy"
+[search]
+method = "grid"
+max_concurrent = {MAX_CONCURRENT}
+[parameters]
+lr = [{}]
+[task]
+model = "mlp"
+dataset = "{}"
+epochs = {epochs}
+[ensemble]
+size = 3
+"#,
+            lrs.join(", "),
+            digits_path().display()
+        );
+        let path = self.dir.path().join("fleet.toml");
+        std::fs::write(&path, spec).unwrap();
+        path
+    }
+
+    fn launch(&self, spec: &Path) -> String {
+        let output = Command::new(binary())
+            .args([
+                "sweep",
+                "launch",
+                spec.to_str().unwrap(),
+                "--coordinator",
+                &self.url(),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "sweep launch failed: {stderr}");
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn trials(client: &mut SweepServiceClient<Channel>, sweep_id: &str) -> Vec<v1::Trial> {
+    let request = v1::ListTrialsRequest {
+        sweep_id: sweep_id.to_string(),
+    };
+    client
+        .list_trials(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .trials
+}
+
+/// Polls the sweep until it ends, checking `max_concurrent` at every poll, and returns it.
+async fn wait_for_end(fleet: &Fleet, sweep_id: &str, limit: Duration) -> v1::Sweep {
+    let deadline = Instant::now() + limit;
+    loop {
+        // The coordinator may be restarting; a failed poll is retried.
+        if let Ok(mut client) = SweepServiceClient::connect(fleet.url()).await {
+            let request = v1::GetSweepRequest {
+                sweep_id: sweep_id.to_string(),
+            };
+            if let Ok(response) = client.get_sweep(request).await {
+                let sweep = response.into_inner();
+                let running = sweep.counts.unwrap_or_default().running;
+                assert!(
+                    running <= MAX_CONCURRENT,
+                    "{running} trials running, more than max_concurrent {MAX_CONCURRENT}"
+                );
+                if sweep.status != SweepStatus::Running as i32 {
+                    return sweep;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sweep {sweep_id} did not end within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks that every trial ended exactly once, succeeded, with exactly one succeeded attempt.
+fn assert_all_succeeded_once(trials: &[v1::Trial], num_planned: usize) {
+    assert_eq!(trials.len(), num_planned, "trials created");
+    let mut indexes: Vec<u32> = trials.iter().map(|t| t.index).collect();
+    indexes.sort();
+    indexes.dedup();
+    assert_eq!(
+        indexes.len(),
+        num_planned,
+        "a trial index was created twice"
+    );
+    for trial in trials {
+        assert_eq!(
+            trial.status,
+            TrialStatus::Succeeded as i32,
+            "trial {} ended {:?}: {}",
+            trial.index,
+            trial.status,
+            trial.reason
+        );
+        let succeeded = trial
+            .attempts
+            .iter()
+            .filter(|a| a.status == AttemptStatus::Succeeded as i32)
+            .count();
+        assert_eq!(
+            succeeded, 1,
+            "trial {} has {succeeded} succeeded attempts",
+            trial.index
+        );
+        let running = trial
+            .attempts
+            .iter()
+            .filter(|a| a.status == AttemptStatus::Running as i32)
+            .count();
+        assert_eq!(
+            running, 0,
+            "trial {} still has a running attempt",
+            trial.index
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_trial_retried_elsewhere() {
+    let mut fleet = Fleet::new();
+    fleet.start_coordinator().await;
+    for hostname in ["w1", "w2", "w3"] {
+        fleet.start_worker(hostname);
+    }
+    let mut client = fleet.client().await;
+    wait_until("three workers registered", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        async move {
+            let workers = client
+                .list_workers(v1::ListWorkersRequest {})
+                .await
+                .unwrap();
+            workers.into_inner().workers.len() == 3
+        }
+    })
+    .await;
+    let spec = fleet.write_spec(6, 60);
+    let sweep_id = fleet.launch(&spec);
+
+    // Wait for a trial that has reported an epoch, then SIGKILL its worker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let victim = loop {
+        let running = trials(&mut client, &sweep_id)
+            .await
+            .into_iter()
+            .find(|t| t.status == TrialStatus::Running as i32 && !t.history.is_empty());
+        if let Some(trial) = running {
+            break trial;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no trial reported an epoch within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let victim_attempt = victim.attempts.last().unwrap().clone();
+    let workers = client
+        .list_workers(v1::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    let hostname = workers
+        .iter()
+        .find(|w| w.worker_id == victim_attempt.worker_id)
+        .map(|w| w.hostname.clone())
+        .unwrap();
+    fleet.workers.get_mut(&hostname).unwrap().kill();
+
+    let sweep = wait_for_end(&fleet, &sweep_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        sweep.status,
+        SweepStatus::Succeeded as i32,
+        "sweep ended: {}",
+        sweep.reason
+    );
+    let all = trials(&mut client, &sweep_id).await;
+    assert_all_succeeded_once(&all, 6);
+
+    let retried = all.iter().find(|t| t.trial_id == victim.trial_id).unwrap();
+    assert_eq!(
+        retried.attempts.len(),
+        2,
+        "attempts of the killed worker's trial"
+    );
+    assert_eq!(retried.attempts[0].status, AttemptStatus::Lost as i32);
+    assert_eq!(retried.attempts[1].status, AttemptStatus::Succeeded as i32);
+    assert_ne!(retried.attempts[1].worker_id, victim_attempt.worker_id);
+
+    // A completion from the lost attempt is rejected and changes nothing.
+    let mut worker_client = WorkerServiceClient::connect(fleet.url()).await.unwrap();
+    let stale = v1::CompleteAttemptRequest {
+        attempt: Some(v1::AttemptRef {
+            worker_id: victim_attempt.worker_id.clone(),
+            trial_id: victim.trial_id.clone(),
+            attempt: victim_attempt.number,
+        }),
+        outcome: Outcome::Failed as i32,
+        reason: "late report".to_string(),
+        ..Default::default()
+    };
+    let status = worker_client.complete_attempt(stale).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+    let after = trials(&mut client, &sweep_id).await;
+    let unchanged = after
+        .iter()
+        .find(|t| t.trial_id == victim.trial_id)
+        .unwrap();
+    assert_eq!(unchanged, retried);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_coordinator_restarts_and_finishes() {
+    let mut fleet = Fleet::new();
+    fleet.start_coordinator().await;
+    fleet.start_worker("w1");
+    fleet.start_worker("w2");
+    let spec = fleet.write_spec(6, 40);
+    let sweep_id = fleet.launch(&spec);
+    let client = fleet.client().await;
+    wait_until(
+        "a trial succeeds and another runs",
+        Duration::from_secs(60),
+        || {
+            let mut client = client.clone();
+            let sweep_id = sweep_id.clone();
+            async move {
+                let all = trials(&mut client, &sweep_id).await;
+                let succeeded = all
+                    .iter()
+                    .any(|t| t.status == TrialStatus::Succeeded as i32);
+                let running = all.iter().any(|t| t.status == TrialStatus::Running as i32);
+                succeeded && running
+            }
+        },
+    )
+    .await;
+
+    fleet.coordinator.as_mut().unwrap().kill();
+    fleet.start_coordinator().await;
+
+    let sweep = wait_for_end(&fleet, &sweep_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        sweep.status,
+        SweepStatus::Succeeded as i32,
+        "sweep ended: {}",
+        sweep.reason
+    );
+    assert_eq!(sweep.num_trials_created, 6);
+    let mut client = fleet.client().await;
+    let all = trials(&mut client, &sweep_id).await;
+    assert_all_succeeded_once(&all, 6);
+    let ensemble = client
+        .get_ensemble(v1::GetEnsembleRequest { sweep_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ensemble.num_candidates, 6);
+}
