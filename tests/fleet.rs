@@ -47,6 +47,28 @@ impl Process {
         }
     }
 
+    /// Sends a signal by name (such as "TERM") and waits for the process to exit.
+    fn signal_and_wait(&mut self, signal: &str, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid} failed");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {limit:?} of SIG{signal}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -199,6 +221,40 @@ where
             "timed out after {limit:?} waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs a client verb of the binary against the fleet and returns its stdout.
+fn run_cli(fleet: &Fleet, args: &[&str]) -> String {
+    let output = Command::new(binary())
+        .args(args)
+        .args(["--coordinator", &fleet.url()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tunefleet {args:?} failed: {stderr}"
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Waits until a trial of the sweep is running and has reported an epoch, and returns it.
+async fn running_trial(client: &mut SweepServiceClient<Channel>, sweep_id: &str) -> v1::Trial {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = trials(client, sweep_id)
+            .await
+            .into_iter()
+            .find(|t| t.status == TrialStatus::Running as i32 && !t.history.is_empty());
+        if let Some(trial) = running {
+            return trial;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no trial reported an epoch within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -427,4 +483,132 @@ async fn killed_coordinator_restarts_and_finishes() {
         .unwrap()
         .into_inner();
     assert_eq!(ensemble.num_candidates, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_then_resume_never_reruns_success() {
+    let mut fleet = Fleet::new();
+    fleet.start_coordinator().await;
+    fleet.start_worker("w1");
+    let spec = fleet.write_spec(3, 40);
+    let sweep_id = fleet.launch(&spec);
+    let mut client = fleet.client().await;
+    wait_until("a trial succeeds", Duration::from_secs(60), || {
+        let mut client = client.clone();
+        let sweep_id = sweep_id.clone();
+        async move {
+            let all = trials(&mut client, &sweep_id).await;
+            all.iter()
+                .any(|t| t.status == TrialStatus::Succeeded as i32)
+        }
+    })
+    .await;
+    let cancelled = running_trial(&mut client, &sweep_id).await;
+
+    let output = run_cli(&fleet, &["sweep", "cancel", &sweep_id]);
+    assert!(output.contains("cancelled"), "{output}");
+    let before_resume = trials(&mut client, &sweep_id).await;
+    let stopped = before_resume
+        .iter()
+        .find(|t| t.trial_id == cancelled.trial_id)
+        .unwrap();
+    assert_eq!(stopped.status, TrialStatus::Cancelled as i32);
+    // The worker stops the trainer by its next heartbeat and no longer holds the attempt.
+    wait_until("the worker runs nothing", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            let workers = client
+                .list_workers(v1::ListWorkersRequest {})
+                .await
+                .unwrap();
+            workers
+                .into_inner()
+                .workers
+                .iter()
+                .all(|w| w.running.is_empty())
+        }
+    })
+    .await;
+
+    let output = run_cli(&fleet, &["sweep", "resume", &sweep_id]);
+    assert!(output.contains("running"), "{output}");
+    let sweep = wait_for_end(&fleet, &sweep_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        sweep.status,
+        SweepStatus::Succeeded as i32,
+        "sweep ended: {}",
+        sweep.reason
+    );
+    let after = trials(&mut client, &sweep_id).await;
+    assert_all_succeeded_once(&after, 3);
+    for earlier in before_resume
+        .iter()
+        .filter(|t| t.status == TrialStatus::Succeeded as i32)
+    {
+        let now = after
+            .iter()
+            .find(|t| t.trial_id == earlier.trial_id)
+            .unwrap();
+        assert_eq!(
+            now.attempts.len(),
+            1,
+            "succeeded trial {} ran again",
+            now.index
+        );
+        assert_eq!(now.objective, earlier.objective);
+    }
+    let resumed = after
+        .iter()
+        .find(|t| t.trial_id == cancelled.trial_id)
+        .unwrap();
+    assert_eq!(resumed.attempts.len(), 2);
+    assert_eq!(resumed.attempts[0].status, AttemptStatus::Cancelled as i32);
+
+    let listed = run_cli(
+        &fleet,
+        &["trials", &sweep_id, "--status", "succeeded", "--json"],
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_worker_hands_back_trial() {
+    let mut fleet = Fleet::new();
+    fleet.start_coordinator().await;
+    fleet.start_worker("w1");
+    let spec = fleet.write_spec(2, 60);
+    let sweep_id = fleet.launch(&spec);
+    let mut client = fleet.client().await;
+    let handed_back = running_trial(&mut client, &sweep_id).await;
+
+    let status = fleet
+        .workers
+        .get_mut("w1")
+        .unwrap()
+        .signal_and_wait("TERM", Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "worker exit status");
+    let after_stop = trials(&mut client, &sweep_id).await;
+    let pending = after_stop
+        .iter()
+        .find(|t| t.trial_id == handed_back.trial_id)
+        .unwrap();
+    assert_eq!(pending.status, TrialStatus::Pending as i32);
+
+    fleet.start_worker("w2");
+    let sweep = wait_for_end(&fleet, &sweep_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        sweep.status,
+        SweepStatus::Succeeded as i32,
+        "sweep ended: {}",
+        sweep.reason
+    );
+    let all = trials(&mut client, &sweep_id).await;
+    assert_all_succeeded_once(&all, 2);
+    let retried = all
+        .iter()
+        .find(|t| t.trial_id == handed_back.trial_id)
+        .unwrap();
+    assert_eq!(retried.attempts[0].status, AttemptStatus::Cancelled as i32);
+    assert_eq!(retried.attempts[0].reason, "the worker is shutting down");
 }
