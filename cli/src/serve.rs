@@ -39,7 +39,8 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "TUNEFLEET_HEARTBEAT_INTERVAL_MS")]
     heartbeat_interval_ms: Option<u32>,
 
-    /// Attempts a trial may use before losing one more fails it [default: 3].
+    /// Lost attempts (expired leases) after which a trial fails instead of running again
+    /// [default: 3].
     #[arg(long, env = "TUNEFLEET_MAX_ATTEMPTS")]
     max_attempts: Option<u32>,
 

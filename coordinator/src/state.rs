@@ -23,7 +23,8 @@ use crate::store::Snapshot;
 pub struct SchedulerConfig {
     /// How long an attempt's lease lasts without a heartbeat or report, in milliseconds.
     pub lease_ttl_ms: i64,
-    /// Attempts a trial may use before a lost attempt fails it.
+    /// Lost attempts after which a trial fails instead of getting another attempt. Attempts a
+    /// worker handed back on shutdown do not count.
     pub max_attempts: u32,
 }
 
@@ -599,7 +600,7 @@ impl Scheduler {
     }
 
     /// Expires every lease older than `now_ms`: the attempt is lost and its trial goes back to
-    /// pending, or fails once it has used `max_attempts` attempts.
+    /// pending, or fails once `max_attempts` of its attempts were lost.
     pub fn expire_leases(&mut self, now_ms: i64) {
         let mut expired: Vec<TrialId> = self
             .leases
@@ -624,17 +625,24 @@ impl Scheduler {
             );
             let number = attempt.number;
             let worker_id = attempt.worker_id.clone();
-            if number >= max_attempts {
+            // Only lost attempts use up the retry budget: a handed-back attempt does not.
+            let num_lost = trial
+                .attempts
+                .iter()
+                .filter(|a| a.status == AttemptStatus::Lost as i32)
+                .count() as u32;
+            let exhausted = num_lost >= max_attempts;
+            if exhausted {
                 trial.status = TrialStatus::Failed as i32;
                 trial.ended_at_ms = now_ms;
                 trial.reason =
-                    format!("lost {number} attempts; the retry budget is {max_attempts}");
+                    format!("lost {num_lost} attempts; the retry budget is {max_attempts}");
             } else {
                 trial.status = TrialStatus::Pending as i32;
             }
             tracing::warn!(%trial_id, attempt = number, %worker_id, "lease expired; attempt lost");
             let sweep_id: SweepId = trial.sweep_id.parse().expect("stored ids are valid");
-            let kind = if number >= max_attempts {
+            let kind = if exhausted {
                 EventKind::TrialEnded
             } else {
                 EventKind::EpochReported
