@@ -56,6 +56,9 @@ impl Progress {
         for trial in &event.trials {
             let status = TrialStatus::try_from(trial.status).unwrap_or(TrialStatus::Unspecified);
             match (kind, status) {
+                // A trial that started between a watch's subscription and its snapshot is
+                // already shown as running.
+                (EventKind::TrialStarted, _) if self.running.contains_key(&trial.index) => {}
                 (EventKind::TrialStarted, _) => {
                     let attempt = trial.attempts.len();
                     let retry = if attempt > 1 {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -43,8 +44,27 @@ pub struct RunArgs {
     json: bool,
 }
 
+/// SIGINT and SIGTERM streams, installed before anything starts so that neither signal can end
+/// the process before the sweep is cancelled cleanly.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())
+                .context("failed to install the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate())
+                .context("failed to install the SIGTERM handler")?,
+        })
+    }
+}
+
 /// Runs the sweep and returns the exit code: 0 succeeded, 1 failed, 130 cancelled.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::install()?;
     let (spec_text, base_dir) = load_spec(&args.spec)?;
     if args.threads_per_slot == 0 {
         bail!("invalid --threads-per-slot 0: expected an int >= 1");
@@ -84,7 +104,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ = worker_stop_rx.await;
     }));
 
-    let outcome = drive_sweep(&url, &spec_text, &base_dir, num_slots).await;
+    let outcome = drive_sweep(&url, &spec_text, &base_dir, num_slots, &mut signals).await;
 
     let _ = worker_stop_tx.send(());
     match worker_task.await {
@@ -151,6 +171,7 @@ async fn drive_sweep(
     spec_text: &str,
     base_dir: &str,
     num_slots: usize,
+    signals: &mut Signals,
 ) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let mut client = SweepServiceClient::connect(url.to_string())
@@ -171,7 +192,7 @@ async fn drive_sweep(
         sweep.name, sweep.num_trials_planned
     );
 
-    watch_until_end(&mut client, &sweep_id).await?;
+    watch_until_end(&mut client, &sweep_id, signals).await?;
 
     let sweep = client
         .get_sweep(v1::GetSweepRequest {
@@ -202,6 +223,7 @@ async fn drive_sweep(
 async fn watch_until_end(
     client: &mut SweepServiceClient<Channel>,
     sweep_id: &str,
+    signals: &mut Signals,
 ) -> anyhow::Result<()> {
     let mut events = client
         .watch_sweep(v1::WatchSweepRequest {
@@ -210,18 +232,16 @@ async fn watch_until_end(
         .await?
         .into_inner();
     let mut progress = Progress::new(std::io::stderr().is_terminal());
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("failed to install the SIGTERM handler")?;
     let mut cancel_requested = false;
     loop {
         let event = tokio::select! {
             event = events.next() => event,
-            _ = tokio::signal::ctrl_c(), if !cancel_requested => {
+            _ = signals.interrupt.recv(), if !cancel_requested => {
                 cancel_requested = true;
                 cancel(client, sweep_id, &mut progress).await?;
                 continue;
             }
-            _ = terminate.recv(), if !cancel_requested => {
+            _ = signals.terminate.recv(), if !cancel_requested => {
                 cancel_requested = true;
                 cancel(client, sweep_id, &mut progress).await?;
                 continue;

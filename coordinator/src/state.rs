@@ -814,8 +814,13 @@ impl Scheduler {
         let counts = entry.sweep.counts.unwrap_or_default();
         if let Some(max_failed) = entry.spec.search.max_failed {
             if counts.failed > max_failed {
+                let noun = if counts.failed == 1 {
+                    "trial"
+                } else {
+                    "trials"
+                };
                 let reason = format!(
-                    "{} trials failed, more than search.max_failed = {max_failed}",
+                    "{} {noun} failed, more than search.max_failed = {max_failed}",
                     counts.failed
                 );
                 tracing::error!(%sweep_id, %reason, "sweep failed");
