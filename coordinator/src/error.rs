@@ -46,6 +46,10 @@ pub enum CoordinatorError {
     NoEnsembleYet(SweepId),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "the store rejected a write; the coordinator reloaded its state, so retry the request"
+    )]
+    StoreUnavailable,
 }
 
 impl From<CoordinatorError> for Status {
@@ -63,7 +67,7 @@ impl From<CoordinatorError> for Status {
             | CoordinatorError::Ensemble { .. }
             | CoordinatorError::NoEnsembleYet(_) => Code::FailedPrecondition,
             CoordinatorError::Store(StoreError::InvalidArtifactName(_)) => Code::InvalidArgument,
-            CoordinatorError::Store(_) => Code::Unavailable,
+            CoordinatorError::Store(_) | CoordinatorError::StoreUnavailable => Code::Unavailable,
         };
         Status::new(code, err.to_string())
     }

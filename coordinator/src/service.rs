@@ -1,10 +1,11 @@
 //! The coordinator service: the state machine behind a lock, the store it writes through, and
 //! the gRPC handlers of `SweepService` and `WorkerService`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tunefleet_proto::{now_ms, SweepId, TrialId, WorkerId};
 
 use crate::error::CoordinatorError;
 use crate::spec::SweepSpec;
-use crate::state::{ReportVerdict, Scheduler, SchedulerConfig};
+use crate::state::{Changes, ReportVerdict, Scheduler, SchedulerConfig};
 use crate::store::{EmbeddedStore, StateStore, WriteBatch};
 use crate::summary;
 
@@ -28,6 +29,8 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// The longest an `AcquireTrial` call waits for work, in milliseconds.
 pub const MAX_ACQUIRE_WAIT_MS: u32 = 30_000;
 const EVENT_CHANNEL_CAPACITY: usize = 4096;
+/// Failed commit ranges remembered for waiters that have not looked yet.
+const MAX_FAILED_RANGES: usize = 64;
 
 /// Settings of one coordinator.
 #[derive(Debug, Clone)]
@@ -65,6 +68,34 @@ struct Inner {
     work_available: Notify,
     /// Set when the server begins to shut down, so long polls and watches end at once.
     stopping: watch::Sender<bool>,
+    /// Changes applied in memory and not yet written, with the sequence number of the last.
+    pending: Mutex<Pending>,
+    /// True while one caller writes a batch; the others wait for its result.
+    committing: AtomicBool,
+    progress: watch::Sender<CommitProgress>,
+}
+
+/// Changes waiting for the next group commit.
+#[derive(Default)]
+struct Pending {
+    changes: Changes,
+    last_seq: u64,
+}
+
+/// How far group commits have got: every change numbered up to `done_through` was written,
+/// except those in `failed`.
+#[derive(Debug, Clone, Default)]
+struct CommitProgress {
+    done_through: u64,
+    failed: VecDeque<(u64, u64)>,
+}
+
+impl CommitProgress {
+    fn failed(&self, seq: u64) -> bool {
+        self.failed
+            .iter()
+            .any(|(from, to)| (*from..=*to).contains(&seq))
+    }
 }
 
 impl Coordinator {
@@ -94,6 +125,9 @@ impl Coordinator {
             events_tx,
             work_available: Notify::new(),
             stopping: watch::channel(false).0,
+            pending: Mutex::new(Pending::default()),
+            committing: AtomicBool::new(false),
+            progress: watch::channel(CommitProgress::default()).0,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -141,9 +175,11 @@ impl Coordinator {
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
         loop {
             ticker.tick().await;
-            let mut state = self.lock();
-            state.expire_leases(now_ms());
-            if let Err(err) = self.commit(&mut state) {
+            let expired = self.mutate(|state| {
+                state.expire_leases(now_ms());
+                Ok(())
+            });
+            if let Err(err) = expired.await {
                 tracing::error!(error = %err, "failed to store expired leases");
             }
         }
@@ -156,40 +192,117 @@ impl Coordinator {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Persists what the last operation changed, then publishes its events. If the store
-    /// rejects the write, the in-memory state is rebuilt from the store so that it never runs
-    /// ahead of what is durable.
-    fn commit(&self, state: &mut Scheduler) -> Result<(), CoordinatorError> {
-        let changes = state.take_changes();
+    /// Runs `op` on the state and returns its result once what it changed is durable.
+    ///
+    /// Operations apply to memory under the state lock and queue their changes; the first
+    /// caller that finds no write in progress writes everything queued in one transaction (a
+    /// group commit), so many concurrent requests share one fsync. Events are published only
+    /// after their changes are written.
+    async fn mutate<T>(
+        &self,
+        op: impl FnOnce(&mut Scheduler) -> Result<T, CoordinatorError>,
+    ) -> Result<T, CoordinatorError> {
+        let (result, seq) = {
+            let mut state = self.lock();
+            let result = op(&mut state);
+            let changes = state.take_changes();
+            if changes.is_empty() {
+                return result;
+            }
+            let mut pending = self.lock_pending();
+            pending.changes.merge(changes);
+            pending.last_seq += 1;
+            (result, pending.last_seq)
+        };
+        self.wait_until_written(seq).await?;
+        result
+    }
+
+    async fn wait_until_written(&self, seq: u64) -> Result<(), CoordinatorError> {
+        let mut progress_rx = self.inner.progress.subscribe();
+        loop {
+            {
+                let progress = progress_rx.borrow_and_update();
+                if progress.done_through >= seq {
+                    if progress.failed(seq) {
+                        return Err(CoordinatorError::StoreUnavailable);
+                    }
+                    return Ok(());
+                }
+            }
+            if !self.inner.committing.swap(true, Ordering::AcqRel) {
+                self.write_pending();
+                continue;
+            }
+            // The sender lives in `Inner`, which outlives this call.
+            let _ = progress_rx.changed().await;
+        }
+    }
+
+    /// Writes every queued change in one transaction, then publishes the events. On failure
+    /// the in-memory state is rebuilt from the store, so it never runs ahead of what is durable,
+    /// and every queued change is reported as failed.
+    fn write_pending(&self) {
+        let (batch, changes, upto) = {
+            let state = self.lock();
+            let mut pending = self.lock_pending();
+            let changes = std::mem::take(&mut pending.changes);
+            (build_batch(&state, &changes), changes, pending.last_seq)
+        };
+        let written = self.inner.store.write(&batch);
+        let mut failed_range = None;
+        if let Err(err) = &written {
+            tracing::error!(error = %err, "store write failed; reloading state from the store");
+            let mut state = self.lock();
+            let mut pending = self.lock_pending();
+            self.reload(&mut state);
+            // Changes queued after this batch was built described state that is now gone.
+            pending.changes = Changes::default();
+            failed_range = Some(pending.last_seq);
+        }
+        // Let the next caller commit before announcing progress, or a waiter could see the
+        // flag still set after the last announcement and wait for one that never comes.
+        self.inner.committing.store(false, Ordering::Release);
+        self.inner.progress.send_modify(|progress| {
+            if let Some(last) = failed_range {
+                progress.failed.push_back((progress.done_through + 1, last));
+                if progress.failed.len() > MAX_FAILED_RANGES {
+                    progress.failed.pop_front();
+                }
+                progress.done_through = last;
+            } else {
+                progress.done_through = upto;
+            }
+        });
+        if written.is_ok() {
+            self.publish(changes);
+        }
+    }
+
+    fn publish(&self, changes: Changes) {
         // Only a change to a sweep or trial can make work available; waking waiters on every
         // call would make idle `AcquireTrial` calls wake each other in a loop.
         let work_may_be_available = !changes.sweeps.is_empty() || !changes.trials.is_empty();
-        let mut batch = WriteBatch::default();
-        for sweep_id in &changes.sweeps {
-            batch.sweeps.push(state.sweep(*sweep_id)?.clone());
-        }
-        for trial_id in &changes.trials {
-            batch.trials.push(state.trial(*trial_id)?.clone());
-        }
-        for worker_id in &changes.workers {
-            batch.workers.push(state.worker(*worker_id)?.clone());
-        }
-        if let Err(err) = self.inner.store.write(&batch) {
-            tracing::error!(error = %err, "store write failed; reloading state from the store");
-            self.reload(state);
-            return Err(err.into());
-        }
         for event in changes.events {
             // Sending fails only when nobody watches, which is fine.
             let _ = self.inner.events_tx.send(event);
         }
-        for sweep_id in changes.ended_sweeps {
-            self.finish_sweep(state, sweep_id);
+        if !changes.ended_sweeps.is_empty() {
+            let state = self.lock();
+            for sweep_id in changes.ended_sweeps {
+                self.finish_sweep(&state, sweep_id);
+            }
         }
         if work_may_be_available {
             self.inner.work_available.notify_waiters();
         }
-        Ok(())
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn reload(&self, state: &mut Scheduler) {
@@ -246,19 +359,8 @@ impl Coordinator {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `op` on the state and commits what it changed.
-    fn mutate<T>(
-        &self,
-        op: impl FnOnce(&mut Scheduler) -> Result<T, CoordinatorError>,
-    ) -> Result<T, CoordinatorError> {
-        let mut state = self.lock();
-        let result = op(&mut state);
-        self.commit(&mut state)?;
-        result
-    }
-
     /// Creates a sweep from spec text; paths in it resolve against `base_dir`.
-    pub fn create_sweep(
+    pub async fn create_sweep(
         &self,
         spec_toml: &str,
         base_dir: &str,
@@ -269,6 +371,7 @@ impl Coordinator {
             tracing::info!(%sweep_id, name = %state.sweep(sweep_id)?.name, "sweep created");
             Ok(state.sweep(sweep_id)?.clone())
         })
+        .await
     }
 
     /// Returns the ensemble of a sweep: the stored one once it ended, else one selected from
@@ -282,6 +385,27 @@ impl Coordinator {
         let trials = state.trials_of(sweep_id)?;
         summary::build_summary(self.inner.store.as_ref(), sweep_id, spec, &trials)
     }
+}
+
+/// Collects the current records of everything `changes` names.
+fn build_batch(state: &Scheduler, changes: &Changes) -> WriteBatch {
+    let mut batch = WriteBatch::default();
+    batch.sweeps = changes
+        .sweeps
+        .iter()
+        .filter_map(|id| state.sweep(*id).ok().cloned())
+        .collect();
+    batch.trials = changes
+        .trials
+        .iter()
+        .filter_map(|id| state.trial(*id).ok().cloned())
+        .collect();
+    batch.workers = changes
+        .workers
+        .iter()
+        .filter_map(|id| state.worker(*id).ok().cloned())
+        .collect();
+    batch
 }
 
 fn parse_id<T: std::str::FromStr<Err = tunefleet_proto::IdError>>(
@@ -307,7 +431,7 @@ impl SweepService for Coordinator {
         request: Request<v1::CreateSweepRequest>,
     ) -> Result<Response<v1::Sweep>, Status> {
         let request = request.into_inner();
-        let sweep = Coordinator::create_sweep(self, &request.spec_toml, &request.base_dir)?;
+        let sweep = Coordinator::create_sweep(self, &request.spec_toml, &request.base_dir).await?;
         Ok(Response::new(sweep))
     }
 
@@ -332,10 +456,12 @@ impl SweepService for Coordinator {
         request: Request<v1::CancelSweepRequest>,
     ) -> Result<Response<v1::Sweep>, Status> {
         let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
-        let sweep = self.mutate(|state| {
-            state.cancel_sweep(sweep_id, now_ms())?;
-            Ok(state.sweep(sweep_id)?.clone())
-        })?;
+        let sweep = self
+            .mutate(|state| {
+                state.cancel_sweep(sweep_id, now_ms())?;
+                Ok(state.sweep(sweep_id)?.clone())
+            })
+            .await?;
         Ok(Response::new(sweep))
     }
 
@@ -344,10 +470,12 @@ impl SweepService for Coordinator {
         request: Request<v1::ResumeSweepRequest>,
     ) -> Result<Response<v1::Sweep>, Status> {
         let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
-        let sweep = self.mutate(|state| {
-            state.resume_sweep(sweep_id, now_ms())?;
-            Ok(state.sweep(sweep_id)?.clone())
-        })?;
+        let sweep = self
+            .mutate(|state| {
+                state.resume_sweep(sweep_id, now_ms())?;
+                Ok(state.sweep(sweep_id)?.clone())
+            })
+            .await?;
         // The stored ensemble belongs to the run that ended; a new one is selected at the end.
         if sweep.status == SweepStatus::Running as i32 {
             self.lock_ensembles().remove(&sweep_id);
@@ -473,7 +601,9 @@ impl WorkerService for Coordinator {
         let num_slots = request.slots.len();
         let hostname = request.hostname.clone();
         let version = request.version.clone();
-        let worker_id = self.mutate(|state| Ok(state.register_worker(request, now_ms())))?;
+        let worker_id = self
+            .mutate(|state| Ok(state.register_worker(request, now_ms())))
+            .await?;
         tracing::info!(%worker_id, %hostname, num_slots, %version, "worker joined");
         Ok(Response::new(v1::RegisterWorkerResponse {
             worker_id: worker_id.to_string(),
@@ -488,7 +618,9 @@ impl WorkerService for Coordinator {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let request = request.into_inner();
         let worker_id: WorkerId = parse_id(&request.worker_id)?;
-        let stop = self.mutate(|state| state.heartbeat(worker_id, &request.running, now_ms()))?;
+        let stop = self
+            .mutate(|state| state.heartbeat(worker_id, &request.running, now_ms()))
+            .await?;
         Ok(Response::new(v1::HeartbeatResponse { stop }))
     }
 
@@ -503,8 +635,9 @@ impl WorkerService for Coordinator {
         loop {
             // Register interest before looking, so a notification between the two is not lost.
             let notified = self.inner.work_available.notified();
-            let assignment =
-                self.mutate(|state| state.acquire(worker_id, request.slot, now_ms()))?;
+            let assignment = self
+                .mutate(|state| state.acquire(worker_id, request.slot, now_ms()))
+                .await?;
             if assignment.is_some() {
                 return Ok(Response::new(v1::AcquireTrialResponse { assignment }));
             }
@@ -534,7 +667,9 @@ impl WorkerService for Coordinator {
         let metrics = request
             .metrics
             .ok_or_else(|| Status::invalid_argument("missing metrics"))?;
-        let verdict = self.mutate(|state| state.report_epoch(attempt, metrics, now_ms()));
+        let verdict = self
+            .mutate(|state| state.report_epoch(attempt, metrics, now_ms()))
+            .await;
         let verdict = verdict.inspect_err(|err| log_rejected("ReportEpoch", attempt, err))?;
         let response = match verdict {
             ReportVerdict::Continue => v1::ReportEpochResponse {
@@ -566,7 +701,8 @@ impl WorkerService for Coordinator {
                 &request.content,
             )
             .map_err(CoordinatorError::from)?;
-        self.mutate(|state| state.add_artifact(attempt, artifact.clone()))?;
+        self.mutate(|state| state.add_artifact(attempt, artifact.clone()))
+            .await?;
         Ok(Response::new(artifact))
     }
 
@@ -577,6 +713,7 @@ impl WorkerService for Coordinator {
         let request = request.into_inner();
         let attempt = attempt_of(&request.attempt)?.clone();
         self.mutate(|state| state.complete_attempt(request, now_ms()))
+            .await
             .inspect_err(|err| log_rejected("CompleteAttempt", &attempt, err))?;
         Ok(Response::new(v1::CompleteAttemptResponse {}))
     }

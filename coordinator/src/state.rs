@@ -55,6 +55,26 @@ pub struct Changes {
     pub ended_sweeps: Vec<SweepId>,
 }
 
+impl Changes {
+    /// Reports whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.sweeps.is_empty()
+            && self.trials.is_empty()
+            && self.workers.is_empty()
+            && self.events.is_empty()
+            && self.ended_sweeps.is_empty()
+    }
+
+    /// Appends later changes to these.
+    pub fn merge(&mut self, later: Changes) {
+        self.sweeps.extend(later.sweeps);
+        self.trials.extend(later.trials);
+        self.workers.extend(later.workers);
+        self.events.extend(later.events);
+        self.ended_sweeps.extend(later.ended_sweeps);
+    }
+}
+
 /// What the worker must do with an attempt it reported on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportVerdict {

@@ -92,7 +92,7 @@ impl Fleet {
     }
 
     /// Creates a grid sweep of one trial per learning rate in `lrs`, a TOML array.
-    fn create_sweep(&self, lrs: &str) -> String {
+    async fn create_sweep(&self, lrs: &str) -> String {
         let spec = format!(
             "name = \"agent-test\"\n\
              [objective]\nmetric = \"val_accuracy\"\n\
@@ -103,6 +103,7 @@ impl Fleet {
         let base_dir = self.dir.path().display().to_string();
         self.coordinator
             .create_sweep(&spec, &base_dir)
+            .await
             .expect("failed to create the sweep")
             .sweep_id
     }
@@ -187,7 +188,7 @@ fn sh(script: &str) -> Vec<OsString> {
 /// Runs a one-trial sweep whose trainer runs `script` and returns the ended sweep and trial.
 async fn run_one_trial(script: &str) -> (v1::Sweep, v1::Trial) {
     let mut fleet = Fleet::start(script).await;
-    let sweep_id = fleet.create_sweep("[0.01]");
+    let sweep_id = fleet.create_sweep("[0.01]").await;
     let sweep = fleet.wait_for_end(&sweep_id).await;
     let trials = fleet.trials(&sweep_id).await;
     assert_eq!(trials.len(), 1, "{trials:#?}");
@@ -287,7 +288,7 @@ async fn trainer_error_event_is_reason() {
 async fn missing_trainer_program_fails_trial() {
     let program = "/nonexistent/tunefleet-trainer";
     let mut fleet = Fleet::start_with(vec![program.into()], Duration::ZERO).await;
-    let sweep_id = fleet.create_sweep("[0.01]");
+    let sweep_id = fleet.create_sweep("[0.01]").await;
     let sweep = fleet.wait_for_end(&sweep_id).await;
     let trials = fleet.trials(&sweep_id).await;
 
@@ -306,7 +307,7 @@ async fn missing_trainer_program_fails_trial() {
 #[tokio::test]
 async fn slot_runs_next_trial_after_crash() {
     let mut fleet = Fleet::start("kill -KILL $$").await;
-    let sweep_id = fleet.create_sweep("[0.01, 0.02, 0.03]");
+    let sweep_id = fleet.create_sweep("[0.01, 0.02, 0.03]").await;
     let sweep = fleet.wait_for_end(&sweep_id).await;
     let trials = fleet.trials(&sweep_id).await;
 
@@ -328,7 +329,7 @@ async fn slot_runs_next_trial_after_crash() {
     );
 
     // The same agent still takes work: a new sweep's trial gets an attempt on it too.
-    let next_sweep_id = fleet.create_sweep("[0.04]");
+    let next_sweep_id = fleet.create_sweep("[0.04]").await;
     fleet.wait_for_end(&next_sweep_id).await;
     let next_trials = fleet.trials(&next_sweep_id).await;
     assert_eq!(next_trials[0].attempts.len(), 1, "{next_trials:#?}");
@@ -339,7 +340,7 @@ async fn slot_runs_next_trial_after_crash() {
 #[tokio::test]
 async fn cancel_stops_running_trainer() {
     let mut fleet = Fleet::start(STALLING_TRAINER).await;
-    let sweep_id = fleet.create_sweep("[0.01]");
+    let sweep_id = fleet.create_sweep("[0.01]").await;
     let pid = wait_for_pid(&fleet.dir.path().join("trainer.pid")).await;
     fleet.wait_for_trial(&sweep_id, TrialStatus::Running).await;
 
@@ -370,7 +371,7 @@ async fn cancel_stops_running_trainer() {
 #[tokio::test]
 async fn shutdown_hands_back_running_attempt() {
     let mut fleet = Fleet::start(STALLING_TRAINER).await;
-    let sweep_id = fleet.create_sweep("[0.01]");
+    let sweep_id = fleet.create_sweep("[0.01]").await;
     let pid = wait_for_pid(&fleet.dir.path().join("trainer.pid")).await;
     fleet.wait_for_trial(&sweep_id, TrialStatus::Running).await;
 
@@ -396,7 +397,7 @@ async fn shutdown_hands_back_running_attempt() {
 async fn shutdown_grace_lets_attempt_finish() {
     let script = "echo $$ > \"$1/trainer.pid\"; sleep 1; exit 7";
     let mut fleet = Fleet::start_with(sh(script), WAIT_TIMEOUT).await;
-    let sweep_id = fleet.create_sweep("[0.01]");
+    let sweep_id = fleet.create_sweep("[0.01]").await;
     wait_for_pid(&fleet.dir.path().join("trainer.pid")).await;
     fleet.wait_for_trial(&sweep_id, TrialStatus::Running).await;
 
