@@ -389,23 +389,18 @@ impl Coordinator {
 
 /// Collects the current records of everything `changes` names.
 fn build_batch(state: &Scheduler, changes: &Changes) -> WriteBatch {
-    let mut batch = WriteBatch::default();
-    batch.sweeps = changes
-        .sweeps
-        .iter()
-        .filter_map(|id| state.sweep(*id).ok().cloned())
-        .collect();
-    batch.trials = changes
-        .trials
-        .iter()
-        .filter_map(|id| state.trial(*id).ok().cloned())
-        .collect();
-    batch.workers = changes
+    let sweeps = changes.sweeps.iter().filter_map(|id| state.sweep(*id).ok());
+    let trials = changes.trials.iter().filter_map(|id| state.trial(*id).ok());
+    let workers = changes
         .workers
         .iter()
-        .filter_map(|id| state.worker(*id).ok().cloned())
-        .collect();
-    batch
+        .filter_map(|id| state.worker(*id).ok());
+    WriteBatch {
+        sweeps: sweeps.cloned().collect(),
+        trials: trials.cloned().collect(),
+        workers: workers.cloned().collect(),
+        ensembles: Vec::new(),
+    }
 }
 
 fn parse_id<T: std::str::FromStr<Err = tunefleet_proto::IdError>>(
