@@ -1,6 +1,7 @@
 //! tunefleet's coordinator: it turns sweep specs into trials, hands them to workers over gRPC,
 //! keeps every sweep, trial and attempt in a durable store and selects the final ensemble.
 
+pub mod artifacts;
 pub mod ensemble;
 pub mod error;
 pub mod search;

@@ -18,6 +18,7 @@ use tunefleet_proto::v1::worker_service_server::{WorkerService, WorkerServiceSer
 use tunefleet_proto::v1::{self, sweep_event::Kind as EventKind, SweepStatus};
 use tunefleet_proto::{now_ms, SweepId, TrialId, WorkerId};
 
+use crate::artifacts::{ArtifactStore, LocalArtifacts};
 use crate::error::CoordinatorError;
 use crate::spec::SweepSpec;
 use crate::state::{Changes, ReportVerdict, Scheduler, SchedulerConfig};
@@ -63,6 +64,7 @@ struct Inner {
     config: CoordinatorConfig,
     state: Mutex<Scheduler>,
     store: Box<dyn StateStore>,
+    artifacts: Box<dyn ArtifactStore>,
     ensembles: Mutex<HashMap<SweepId, v1::EnsembleSummary>>,
     events_tx: broadcast::Sender<v1::SweepEvent>,
     work_available: Notify,
@@ -102,13 +104,15 @@ impl Coordinator {
     /// Opens the embedded store in `config.data_dir` and restores every stored sweep.
     pub fn open(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
         let store = EmbeddedStore::open(&config.data_dir)?;
-        Self::with_store(config, Box::new(store))
+        let artifacts = LocalArtifacts::open(config.data_dir.join("artifacts"))?;
+        Self::with_stores(config, Box::new(store), Box::new(artifacts))
     }
 
-    /// Restores the state held by `store`.
-    pub fn with_store(
+    /// Restores the state held by `store`; artifacts go to `artifacts`.
+    pub fn with_stores(
         config: CoordinatorConfig,
         store: Box<dyn StateStore>,
+        artifacts: Box<dyn ArtifactStore>,
     ) -> Result<Self, CoordinatorError> {
         let mut snapshot = store.load()?;
         let ensembles = std::mem::take(&mut snapshot.ensembles)
@@ -121,6 +125,7 @@ impl Coordinator {
             config,
             state: Mutex::new(scheduler),
             store,
+            artifacts,
             ensembles: Mutex::new(ensembles),
             events_tx,
             work_available: Notify::new(),
@@ -326,7 +331,7 @@ impl Coordinator {
             return;
         };
         let trials = state.trials_of(sweep_id).unwrap_or_default();
-        match summary::build_summary(self.inner.store.as_ref(), sweep_id, spec, &trials) {
+        match summary::build_summary(self.inner.artifacts.as_ref(), sweep_id, spec, &trials) {
             Ok(ensemble) => {
                 let batch = WriteBatch {
                     ensembles: vec![ensemble.clone()],
@@ -383,7 +388,7 @@ impl Coordinator {
         let state = self.lock();
         let spec = state.spec(sweep_id)?;
         let trials = state.trials_of(sweep_id)?;
-        summary::build_summary(self.inner.store.as_ref(), sweep_id, spec, &trials)
+        summary::build_summary(self.inner.artifacts.as_ref(), sweep_id, spec, &trials)
     }
 }
 
@@ -688,8 +693,8 @@ impl WorkerService for Coordinator {
             .inspect_err(|err| log_rejected("UploadArtifact", attempt, err))?;
         let artifact = self
             .inner
-            .store
-            .put_artifact(
+            .artifacts
+            .put(
                 &sweep_id.to_string(),
                 &trial_id.to_string(),
                 &request.name,

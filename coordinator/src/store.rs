@@ -1,8 +1,7 @@
-//! The durable store: every sweep, trial and ensemble as a protobuf record in an embedded redb
-//! file, plus artifact files beside it, all under the coordinator's data directory.
+//! The durable state store: every sweep, trial, worker and ensemble as a protobuf record, in
+//! an embedded redb file under the coordinator's data directory by default.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -13,9 +12,6 @@ const SWEEPS: TableDefinition<&str, &[u8]> = TableDefinition::new("sweeps");
 const TRIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("trials");
 const ENSEMBLES: TableDefinition<&str, &[u8]> = TableDefinition::new("ensembles");
 const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
-
-/// The longest artifact name accepted, in bytes.
-pub const MAX_ARTIFACT_NAME_LEN: usize = 64;
 
 /// A failure to read or write the store.
 #[derive(Debug, thiserror::Error)]
@@ -77,22 +73,11 @@ pub trait StateStore: Send + Sync {
     fn load(&self) -> Result<Snapshot, StoreError>;
     /// Writes a batch atomically: after a crash either all of it or none of it is stored.
     fn write(&self, batch: &WriteBatch) -> Result<(), StoreError>;
-    /// Stores an artifact's bytes and returns its reference.
-    fn put_artifact(
-        &self,
-        sweep_id: &str,
-        trial_id: &str,
-        name: &str,
-        content: &[u8],
-    ) -> Result<v1::ArtifactRef, StoreError>;
-    /// Reads an artifact's bytes back.
-    fn get_artifact(&self, artifact: &v1::ArtifactRef) -> Result<Vec<u8>, StoreError>;
 }
 
-/// The embedded store: `state.redb` and an `artifacts/` directory under a data directory.
+/// The embedded store: `state.redb` under a data directory.
 pub struct EmbeddedStore {
     db: Database,
-    artifact_root: PathBuf,
 }
 
 impl EmbeddedStore {
@@ -103,15 +88,13 @@ impl EmbeddedStore {
             source,
         };
         fs::create_dir_all(data_dir).map_err(io_error)?;
-        let artifact_root = data_dir.join("artifacts");
-        fs::create_dir_all(&artifact_root).map_err(io_error)?;
         let db = Database::create(data_dir.join("state.redb")).map_err(redb::Error::from)?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
         for table in [SWEEPS, TRIALS, ENSEMBLES, WORKERS] {
             txn.open_table(table).map_err(redb::Error::from)?;
         }
         txn.commit().map_err(redb::Error::from)?;
-        Ok(Self { db, artifact_root })
+        Ok(Self { db })
     }
 }
 
@@ -148,20 +131,6 @@ fn write_table<'a, M: Message + 'a>(
     Ok(())
 }
 
-/// Checks an artifact name so that it cannot leave its trial's directory.
-pub fn validate_artifact_name(name: &str) -> Result<(), StoreError> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    let valid = !name.is_empty()
-        && name.len() <= MAX_ARTIFACT_NAME_LEN
-        && !name.starts_with('.')
-        && name.chars().all(allowed);
-    if valid {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidArtifactName(name.to_string()))
-    }
-}
-
 impl StateStore for EmbeddedStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
@@ -194,39 +163,6 @@ impl StateStore for EmbeddedStore {
         write_table(&txn, WORKERS, workers)?;
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
-    }
-
-    fn put_artifact(
-        &self,
-        sweep_id: &str,
-        trial_id: &str,
-        name: &str,
-        content: &[u8],
-    ) -> Result<v1::ArtifactRef, StoreError> {
-        validate_artifact_name(name)?;
-        let location = format!("{sweep_id}/{trial_id}/{name}");
-        let path = self.artifact_root.join(&location);
-        let io_error = |source| StoreError::Io {
-            path: path.clone(),
-            source,
-        };
-        fs::create_dir_all(path.parent().expect("artifact path has a parent")).map_err(io_error)?;
-        // Write to a temporary file and rename, so a reader never sees half an artifact.
-        let partial = path.with_extension("partial");
-        let mut file = fs::File::create(&partial).map_err(io_error)?;
-        file.write_all(content).map_err(io_error)?;
-        file.sync_all().map_err(io_error)?;
-        fs::rename(&partial, &path).map_err(io_error)?;
-        Ok(v1::ArtifactRef {
-            name: name.to_string(),
-            size_bytes: content.len() as u64,
-            location,
-        })
-    }
-
-    fn get_artifact(&self, artifact: &v1::ArtifactRef) -> Result<Vec<u8>, StoreError> {
-        let path = self.artifact_root.join(&artifact.location);
-        fs::read(&path).map_err(|source| StoreError::Io { path, source })
     }
 }
 
@@ -271,26 +207,5 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = EmbeddedStore::open(dir.path()).unwrap();
         assert!(EmbeddedStore::open(dir.path()).is_err());
-    }
-
-    #[test]
-    fn artifact_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let artifact = store
-            .put_artifact("s", "t", "val_predictions", b"abc")
-            .unwrap();
-        assert_eq!(artifact.size_bytes, 3);
-        assert_eq!(store.get_artifact(&artifact).unwrap(), b"abc");
-    }
-
-    #[test]
-    fn artifact_name_cannot_escape() {
-        for name in ["../x", "a/b", "", ".hidden", "x\0"] {
-            assert!(
-                validate_artifact_name(name).is_err(),
-                "{name:?} was accepted"
-            );
-        }
     }
 }

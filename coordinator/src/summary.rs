@@ -4,10 +4,10 @@ use prost::Message;
 use tunefleet_proto::v1::{self, TrialStatus};
 use tunefleet_proto::SweepId;
 
+use crate::artifacts::ArtifactStore;
 use crate::ensemble::{self, Predictions, SelectionMetric};
 use crate::error::CoordinatorError;
 use crate::spec::{Goal, SweepSpec};
-use crate::store::StateStore;
 
 /// Artifact name of the validation split's class probabilities.
 pub const VAL_PREDICTIONS: &str = "val_predictions";
@@ -21,9 +21,13 @@ struct Candidate<'a> {
     val_score: f64,
 }
 
-fn load_predictions(store: &dyn StateStore, trial: &v1::Trial, name: &str) -> Option<Predictions> {
+fn load_predictions(
+    store: &dyn ArtifactStore,
+    trial: &v1::Trial,
+    name: &str,
+) -> Option<Predictions> {
     let artifact = trial.artifacts.iter().find(|a| a.name == name)?;
-    let bytes = match store.get_artifact(artifact) {
+    let bytes = match store.get(artifact) {
         Ok(bytes) => bytes,
         Err(err) => {
             tracing::warn!(trial_id = %trial.trial_id, artifact = name, error = %err, "cannot read predictions; trial left out of the ensemble");
@@ -60,7 +64,7 @@ fn score(predictions: &Predictions, metric: SelectionMetric) -> f64 {
 
 /// Selects the ensemble of a sweep's succeeded trials and reports it beside the best trial.
 pub fn build_summary(
-    store: &dyn StateStore,
+    store: &dyn ArtifactStore,
     sweep_id: SweepId,
     spec: &SweepSpec,
     trials: &[&v1::Trial],
