@@ -111,7 +111,7 @@ pub async fn sweep(connection: Connection, command: SweepCommand) -> anyhow::Res
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{}", sweep.sweep_id);
+            crate::report::stdout_line(format_args!("{}", sweep.sweep_id));
         }
         SweepCommand::List { json } => {
             let sweeps = client
@@ -122,20 +122,23 @@ pub async fn sweep(connection: Connection, command: SweepCommand) -> anyhow::Res
                 .sweeps;
             if json {
                 let all: Vec<_> = sweeps.iter().map(report::sweep_json).collect();
-                println!("{}", serde_json::to_string_pretty(&all)?);
+                crate::report::stdout_line(format_args!("{}", serde_json::to_string_pretty(&all)?));
             } else {
-                print!("{}", report::render_sweeps(&sweeps));
+                crate::report::stdout_text(format_args!("{}", report::render_sweeps(&sweeps)));
             }
         }
         SweepCommand::Status { sweep_id, json } => {
             let sweep = get_sweep(&mut client, &sweep_id).await?;
             if json {
-                println!(
+                crate::report::stdout_line(format_args!(
                     "{}",
                     serde_json::to_string_pretty(&report::sweep_json(&sweep))?
-                );
+                ));
             } else {
-                print!("{}", report::render_sweeps(std::slice::from_ref(&sweep)));
+                crate::report::stdout_text(format_args!(
+                    "{}",
+                    report::render_sweeps(std::slice::from_ref(&sweep))
+                ));
             }
         }
         SweepCommand::Watch { sweep_id, json } => {
@@ -150,11 +153,11 @@ pub async fn sweep(connection: Connection, command: SweepCommand) -> anyhow::Res
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!(
+            crate::report::stdout_line(format_args!(
                 "sweep {} {}",
                 sweep.sweep_id,
                 report::sweep_status_name(sweep.status)
-            );
+            ));
         }
         SweepCommand::Resume { sweep_id } => {
             let request = v1::ResumeSweepRequest { sweep_id };
@@ -164,12 +167,12 @@ pub async fn sweep(connection: Connection, command: SweepCommand) -> anyhow::Res
                 .map_err(status_error)?
                 .into_inner();
             let counts = sweep.counts.unwrap_or_default();
-            println!(
+            crate::report::stdout_line(format_args!(
                 "sweep {} {}: {} trials pending again",
                 sweep.sweep_id,
                 report::sweep_status_name(sweep.status),
                 counts.pending
-            );
+            ));
         }
     }
     Ok(())
@@ -291,12 +294,12 @@ async fn list_trials(
 /// Prints a report as JSON or as the leaderboard and ensemble tables.
 pub fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!(
+        crate::report::stdout_line(format_args!(
             "{}",
             serde_json::to_string_pretty(&report::to_json(report))?
-        );
+        ));
     } else {
-        print!("{}", report::render_text(report));
+        crate::report::stdout_text(format_args!("{}", report::render_text(report)));
     }
     Ok(())
 }
@@ -337,10 +340,10 @@ pub async fn trials(connection: Connection, args: TrialsArgs) -> anyhow::Result<
     };
     if args.json {
         let all: Vec<_> = trials.drain(..).map(report::trial_json).collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        crate::report::stdout_line(format_args!("{}", serde_json::to_string_pretty(&all)?));
     } else {
         let metric = report.sweep.objective.clone().unwrap_or_default().metric;
-        print!("{}", report::render_trials(&trials, &metric));
+        crate::report::stdout_text(format_args!("{}", report::render_trials(&trials, &metric)));
     }
     Ok(())
 }
@@ -357,9 +360,9 @@ pub async fn trial(connection: Connection, command: TrialCommand) -> anyhow::Res
     if json {
         let mut value = report::trial_json(&trial);
         value["history"] = report::history_json(&trial);
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        crate::report::stdout_line(format_args!("{}", serde_json::to_string_pretty(&value)?));
     } else {
-        print!("{}", report::render_trial(&trial));
+        crate::report::stdout_text(format_args!("{}", report::render_trial(&trial)));
     }
     Ok(())
 }
@@ -373,14 +376,14 @@ pub async fn ensemble(connection: Connection, sweep_id: String, json: bool) -> a
         .map_err(status_error)?
         .into_inner();
     if json {
-        println!(
+        crate::report::stdout_line(format_args!(
             "{}",
             serde_json::to_string_pretty(&report::ensemble_json(&summary))?
-        );
+        ));
     } else {
         let mut out = String::new();
         report::render_ensemble(&mut out, &summary);
-        print!("{out}");
+        crate::report::stdout_text(format_args!("{out}"));
     }
     Ok(())
 }
@@ -396,9 +399,9 @@ pub async fn workers(connection: Connection, json: bool) -> anyhow::Result<()> {
         .workers;
     if json {
         let all: Vec<_> = workers.iter().map(report::worker_json).collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        crate::report::stdout_line(format_args!("{}", serde_json::to_string_pretty(&all)?));
     } else {
-        print!("{}", report::render_workers(&workers));
+        crate::report::stdout_text(format_args!("{}", report::render_workers(&workers)));
     }
     Ok(())
 }

@@ -96,9 +96,9 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| default_filter.to_string());
     let filter = EnvFilter::try_new(&filter_text).unwrap_or_else(|err| {
-        eprintln!(
+        crate::report::stderr_line(format_args!(
             "warning: invalid --log filter {filter_text:?} ({err}); using {default_filter:?}"
-        );
+        ));
         EnvFilter::new(default_filter)
     });
     tracing_subscriber::fmt()
@@ -110,7 +110,9 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: failed to start the async runtime: {err}");
+            crate::report::stderr_line(format_args!(
+                "error: failed to start the async runtime: {err}"
+            ));
             return ExitCode::from(EXIT_FAILED);
         }
     };
@@ -118,7 +120,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            crate::report::stderr_line(format_args!("error: {err:#}"));
             if is_service && err.downcast_ref::<serve::ConfigError>().is_none() {
                 ExitCode::from(EXIT_FAILED)
             } else {

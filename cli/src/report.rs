@@ -139,7 +139,7 @@ impl Progress {
     /// Prints a line above the status line.
     pub fn message(&mut self, line: &str) {
         self.clear_status();
-        eprintln!("{line}");
+        stderr_line(format_args!("{line}"));
         self.draw_status();
     }
 
@@ -150,7 +150,7 @@ impl Progress {
 
     fn clear_status(&mut self) {
         if self.status_shown {
-            eprint!("\r\x1b[2K");
+            stderr_text(format_args!("\r\x1b[2K"));
             self.status_shown = false;
         }
     }
@@ -172,7 +172,7 @@ impl Progress {
             running.join(" | ")
         );
         line.truncate(200);
-        eprint!("{line}");
+        stderr_text(format_args!("{line}"));
         let _ = std::io::stderr().flush();
         self.status_shown = true;
     }
@@ -225,6 +225,15 @@ pub fn duration_seconds(trial: &v1::Trial) -> f64 {
         return 0.0;
     }
     (trial.ended_at_ms - trial.started_at_ms) as f64 / 1000.0
+}
+
+/// Returns a metric of the trial's last reported epoch.
+pub fn last_epoch_metric(trial: &v1::Trial, name: &str) -> Option<f64> {
+    let last = trial.history.last()?;
+    last.metrics
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| m.value)
 }
 
 pub fn final_metric(trial: &v1::Trial, name: &str) -> Option<f64> {
@@ -312,7 +321,12 @@ pub fn render_trials(trials: &[&v1::Trial], objective_metric: &str) -> String {
     for (rank, trial) in trials.iter().enumerate() {
         let status = TrialStatus::try_from(trial.status).unwrap_or(TrialStatus::Unspecified);
         rows.push(vec![
-            (rank + 1).to_string(),
+            // Only trials with an objective value are ranked.
+            if trial.objective.is_some() {
+                (rank + 1).to_string()
+            } else {
+                "-".to_string()
+            },
             format!("#{}", trial.index),
             trial
                 .objective
@@ -587,6 +601,8 @@ pub fn trial_json(trial: &v1::Trial) -> serde_json::Value {
         "status": status_name(status),
         "params": params,
         "objective": trial.objective,
+        "val_accuracy": last_epoch_metric(trial, "val_accuracy"),
+        "val_loss": last_epoch_metric(trial, "val_loss"),
         "test_accuracy": final_metric(trial, "test_accuracy"),
         "test_loss": final_metric(trial, "test_loss"),
         "epochs": trial.history.len(),
@@ -723,4 +739,30 @@ pub fn worker_json(worker: &v1::Worker) -> serde_json::Value {
         "registered_at_ms": worker.registered_at_ms,
         "last_heartbeat_ms": worker.last_heartbeat_ms,
     })
+}
+
+/// Writes a line to stderr, ignoring a closed stderr instead of panicking as `eprintln!` does.
+pub fn stderr_line(args: std::fmt::Arguments) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_fmt(args)
+        .and_then(|()| stderr.write_all(b"\n"));
+}
+
+/// Writes text to stderr without a newline, ignoring a closed stderr.
+pub fn stderr_text(args: std::fmt::Arguments) {
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
+/// Writes a line to stdout, ignoring a closed pipe (as in `tunefleet sweep list | head`).
+pub fn stdout_line(args: std::fmt::Arguments) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"));
+}
+
+/// Writes text to stdout without a newline, ignoring a closed pipe.
+pub fn stdout_text(args: std::fmt::Arguments) {
+    let _ = std::io::stdout().lock().write_fmt(args);
 }

@@ -117,22 +117,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let report = outcome?;
     if args.json {
-        println!(
+        crate::report::stdout_line(format_args!(
             "{}",
             serde_json::to_string_pretty(&report::to_json(&report))?
-        );
+        ));
     } else {
-        print!("{}", report::render_text(&report));
+        crate::report::stdout_text(format_args!("{}", report::render_text(&report)));
     }
     let status = SweepStatus::try_from(report.sweep.status).unwrap_or(SweepStatus::Unspecified);
     Ok(match status {
         SweepStatus::Succeeded => ExitCode::SUCCESS,
         SweepStatus::Cancelled => {
-            eprintln!("error: sweep cancelled");
+            crate::report::stderr_line(format_args!("error: sweep cancelled"));
             ExitCode::from(EXIT_CANCELLED)
         }
         _ => {
-            eprintln!("error: sweep failed: {}", report.sweep.reason);
+            crate::report::stderr_line(format_args!(
+                "error: sweep failed: {}",
+                report.sweep.reason
+            ));
             ExitCode::from(EXIT_FAILED)
         }
     })
@@ -149,6 +152,8 @@ fn load_spec(path: &Path) -> anyhow::Result<(String, String)> {
             path.display()
         );
     }
+    tunefleet_worker::train::check_dataset(&spec.task.dataset, &spec.task.model)
+        .with_context(|| format!("invalid task.dataset in {}", path.display()))?;
     Ok((text, base_dir))
 }
 
@@ -187,10 +192,10 @@ async fn drive_sweep(
         .map_err(|status| anyhow::anyhow!("{}", status.message()))?
         .into_inner();
     let sweep_id = sweep.sweep_id.clone();
-    eprintln!(
+    crate::report::stderr_line(format_args!(
         "sweep {} ({sweep_id}): up to {} trials on {num_slots} slot(s)",
         sweep.name, sweep.num_trials_planned
-    );
+    ));
 
     watch_until_end(&mut client, &sweep_id, signals).await?;
 

@@ -795,7 +795,12 @@ impl Scheduler {
     fn touch_trial(&mut self, trial_id: TrialId, kind: EventKind) {
         self.changes.trials.insert(trial_id);
         let sweep_id: SweepId = self.trials[&trial_id].sweep_id.parse().expect("valid id");
-        self.refresh_counts(sweep_id);
+        // An epoch report changes no trial's status, so the counts stay as they are.
+        if kind != EventKind::EpochReported
+            || trial_status(&self.trials[&trial_id]) != TrialStatus::Running
+        {
+            self.refresh_counts(sweep_id);
+        }
         let trial = &self.trials[&trial_id];
         let event = v1::SweepEvent {
             kind: kind as i32,
@@ -854,11 +859,26 @@ impl Scheduler {
                 tracing::info!(%sweep_id, succeeded = counts.succeeded, failed = counts.failed, "sweep succeeded");
                 self.end_sweep(sweep_id, SweepStatus::Succeeded, "", now_ms);
             } else {
-                let reason = format!("no trial succeeded ({} failed)", counts.failed);
+                let mut reason = format!("no trial succeeded ({} failed)", counts.failed);
+                if let Some(first) = self.first_failure(sweep_id) {
+                    reason.push_str("; first failure: ");
+                    reason.push_str(&first);
+                }
                 tracing::error!(%sweep_id, %reason, "sweep failed");
                 self.end_sweep(sweep_id, SweepStatus::Failed, &reason, now_ms);
             }
         }
+    }
+
+    /// Returns the reason of the failed trial with the lowest index.
+    fn first_failure(&self, sweep_id: SweepId) -> Option<String> {
+        let entry = &self.sweeps[&sweep_id];
+        entry
+            .trial_ids
+            .iter()
+            .map(|id| &self.trials[id])
+            .find(|t| trial_status(t) == TrialStatus::Failed)
+            .map(|t| t.reason.clone())
     }
 
     /// Ends a sweep, cancelling its running and pending trials.

@@ -1,6 +1,8 @@
 //! The durable state store: every sweep, trial, worker and ensemble as a protobuf record, in
 //! an embedded redb file under the coordinator's data directory by default.
 
+pub mod etcd;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -24,13 +26,59 @@ pub enum StoreError {
         key: String,
         source: prost::DecodeError,
     },
-    #[error("artifact I/O failed on {path}: {source}")]
+    #[error("I/O failed on {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    #[error("another tunefleet process is using the store in {0}: stop it or use another data directory")]
+    InUse(PathBuf),
     #[error("invalid artifact name {0:?}: expected 1 to 64 characters from A-Z, a-z, 0-9, '.', '_', '-', not starting with '.'")]
     InvalidArtifactName(String),
+    /// etcd failed a request with an error that retrying does not fix.
+    #[error("etcd {operation} on {endpoints} failed: {source}")]
+    Etcd {
+        operation: &'static str,
+        endpoints: String,
+        source: Box<::etcd_client::Error>,
+    },
+    /// etcd did not complete a request within the request timeout, retries included.
+    #[error("etcd {operation} on {endpoints} did not succeed within {timeout:?}; last error: {last_error}")]
+    EtcdTimeout {
+        operation: &'static str,
+        endpoints: String,
+        timeout: std::time::Duration,
+        last_error: String,
+    },
+    /// The etcd store's own thread failed to start or stopped.
+    #[error("etcd store for {endpoints} failed: {message}")]
+    EtcdThread { endpoints: String, message: String },
+    /// A fenced write found that the leader's election key no longer has the create revision
+    /// it had when this coordinator won the election. Nothing of the failed transaction is
+    /// stored.
+    #[error("write rejected: the election key {key:?} no longer has create revision {create_revision}, so this coordinator is no longer the leader")]
+    Fenced { key: String, create_revision: i64 },
+    /// Invalid settings for the etcd store.
+    #[error("invalid etcd store config: {0}")]
+    InvalidEtcdConfig(String),
+    #[error("artifact {location} not found in {store}")]
+    ArtifactNotFound { store: String, location: String },
+    #[error("{store} request for {location} failed: {error}")]
+    ObjectStore {
+        store: String,
+        location: String,
+        error: Box<object_store::Error>,
+    },
+    #[error("{store} request for {location} timed out after {timeout:?}")]
+    ObjectStoreTimeout {
+        store: String,
+        location: String,
+        timeout: std::time::Duration,
+    },
+    #[error("object store client runtime is not running: {0}")]
+    ObjectStoreRuntime(String),
+    #[error("invalid artifact store URL {url:?}: {reason}")]
+    InvalidArtifactUrl { url: String, reason: String },
 }
 
 impl From<redb::Error> for StoreError {
@@ -83,12 +131,18 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) the store in `data_dir`. Fails if another process has it open.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let io_error = |source| StoreError::Io {
+        let io_error = |error| StoreError::Io {
             path: data_dir.to_path_buf(),
-            source,
+            error,
         };
         fs::create_dir_all(data_dir).map_err(io_error)?;
-        let db = Database::create(data_dir.join("state.redb")).map_err(redb::Error::from)?;
+        let db = match Database::create(data_dir.join("state.redb")) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::InUse(data_dir.to_path_buf()))
+            }
+            Err(err) => return Err(redb::Error::from(err).into()),
+        };
         let txn = db.begin_write().map_err(redb::Error::from)?;
         for table in [SWEEPS, TRIALS, ENSEMBLES, WORKERS] {
             txn.open_table(table).map_err(redb::Error::from)?;

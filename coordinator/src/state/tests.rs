@@ -195,7 +195,7 @@ fn sweep_fails_when_no_trial_succeeds() {
     assert_eq!(status_of(&s, sweep_id), SweepStatus::Failed);
     assert_eq!(
         s.sweep(sweep_id).unwrap().reason,
-        "no trial succeeded (4 failed)"
+        "no trial succeeded (4 failed); first failure: trainer failed"
     );
 }
 

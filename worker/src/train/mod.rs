@@ -74,6 +74,13 @@ pub enum TrainError {
     Torch(#[from] tch::TchError),
 }
 
+/// Reads and validates a dataset file for `model` without training, so that a bad file is
+/// reported before any trial starts. It loads the whole file into memory on the CPU.
+pub fn check_dataset(path: &std::path::Path, model: &str) -> Result<(), TrainError> {
+    let dataset = data::Dataset::load(path, tch::Device::Cpu)?;
+    dataset.check_input_for(model)
+}
+
 /// Trains `job`, calling `on_epoch` after each epoch; training stops with
 /// [`TrainError::Stopped`] when `on_epoch` returns `false`.
 ///
