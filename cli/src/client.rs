@@ -16,7 +16,7 @@ use crate::report::{self, Progress, RunReport};
 /// The coordinator address shared by every client verb.
 #[derive(Debug, clap::Args)]
 pub struct Connection {
-    /// The coordinator's URL.
+    /// The coordinator's URL, or several separated by commas.
     #[arg(
         long,
         env = "TUNEFLEET_COORDINATOR",
@@ -81,14 +81,9 @@ pub enum TrialCommand {
 }
 
 async fn connect(connection: &Connection) -> anyhow::Result<SweepServiceClient<Channel>> {
-    let client = SweepServiceClient::connect(connection.coordinator.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "failed to connect to the coordinator at {}",
-                connection.coordinator
-            )
-        })?;
+    let channel = tunefleet_proto::coordinator_channel(&connection.coordinator)
+        .map_err(|err| anyhow::anyhow!(err))?;
+    let client = SweepServiceClient::new(channel);
     Ok(client.max_decoding_message_size(64 * 1024 * 1024))
 }
 

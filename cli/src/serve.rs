@@ -8,11 +8,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use std::sync::Arc;
 use tokio::net::TcpListener;
+
+use tunefleet_coordinator::artifacts::open_artifacts;
+use tunefleet_coordinator::election::{serve_elected, ElectionConfig};
 use tunefleet_coordinator::state::SchedulerConfig;
+use tunefleet_coordinator::store::etcd::EtcdOptions;
+use tunefleet_coordinator::store::EmbeddedStore;
 use tunefleet_coordinator::{Coordinator, CoordinatorConfig};
 use tunefleet_worker::{plan_slots, GpuSelection, WorkerConfig};
 
@@ -44,8 +50,30 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "TUNEFLEET_MAX_ATTEMPTS")]
     max_attempts: Option<u32>,
 
+    /// Where the state lives: "embedded" (a redb file in --data-dir) or
+    /// "etcd://HOST:PORT[,HOST:PORT...]/PREFIX" to share it between coordinators, one of which
+    /// leads [default: embedded].
+    #[arg(long, env = "TUNEFLEET_STORE")]
+    store: Option<String>,
+
+    /// Where artifacts live: a directory as "file:///PATH", or "s3://BUCKET/PREFIX" (credentials
+    /// and endpoint from the AWS_* variables) [default: DATA_DIR/artifacts]. Coordinators
+    /// sharing etcd must share this too.
+    #[arg(long, env = "TUNEFLEET_ARTIFACTS")]
+    artifacts: Option<String>,
+
+    /// With an etcd store: the URL other coordinators forward calls to when this one leads
+    /// [default: http:// and the --listen address].
+    #[arg(long, env = "TUNEFLEET_ADVERTISE")]
+    advertise: Option<String>,
+
+    /// With an etcd store: the election lease's time to live in seconds, which bounds how long
+    /// a dead leader keeps leadership [default: 3].
+    #[arg(long, env = "TUNEFLEET_ELECTION_TTL_SECS")]
+    election_ttl_secs: Option<u32>,
+
     /// TOML file with any of: listen, data_dir, lease_ttl_ms, heartbeat_interval_ms,
-    /// max_attempts.
+    /// max_attempts, store, artifacts, advertise, election_ttl_secs.
     #[arg(long, env = "TUNEFLEET_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -58,11 +86,52 @@ struct CoordinatorFile {
     lease_ttl_ms: Option<u32>,
     heartbeat_interval_ms: Option<u32>,
     max_attempts: Option<u32>,
+    store: Option<String>,
+    artifacts: Option<String>,
+    advertise: Option<String>,
+    election_ttl_secs: Option<u32>,
+}
+
+/// The state store a coordinator uses.
+#[derive(Debug, Clone, PartialEq)]
+enum StoreChoice {
+    Embedded,
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+}
+
+fn parse_store(value: &str) -> Result<StoreChoice, ConfigError> {
+    if value == "embedded" {
+        return Ok(StoreChoice::Embedded);
+    }
+    let invalid = || {
+        ConfigError(format!(
+            "invalid store {value:?}: expected \"embedded\" or \"etcd://HOST:PORT[,HOST:PORT...]/PREFIX\""
+        ))
+    };
+    let rest = value.strip_prefix("etcd://").ok_or_else(invalid)?;
+    let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let endpoints: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("http://{h}"))
+        .collect();
+    let prefix = prefix.trim_matches('/');
+    if endpoints.is_empty() || prefix.is_empty() {
+        return Err(invalid());
+    }
+    Ok(StoreChoice::Etcd {
+        endpoints,
+        prefix: prefix.to_string(),
+    })
 }
 
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
-    /// The coordinator's URL [default: http://127.0.0.1:7800].
+    /// The coordinator's URL, or several separated by commas for coordinators sharing etcd
+    /// [default: http://127.0.0.1:7800].
     #[arg(long, env = "TUNEFLEET_COORDINATOR")]
     coordinator: Option<String>,
 
@@ -186,6 +255,19 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         .into());
     }
 
+    let store = parse_store(args.store.or(file.store).as_deref().unwrap_or("embedded"))?;
+    let artifacts_url = args.artifacts.or(file.artifacts).unwrap_or_default();
+    let election_ttl_secs = positive(
+        "election_ttl_secs",
+        args.election_ttl_secs
+            .or(file.election_ttl_secs)
+            .unwrap_or(3),
+    )?;
+    let advertise = args
+        .advertise
+        .or(file.advertise)
+        .unwrap_or_else(|| format!("http://{listen}"));
+
     let config = CoordinatorConfig {
         data_dir: data_dir.clone(),
         scheduler: SchedulerConfig {
@@ -194,16 +276,42 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         },
         heartbeat_interval_ms,
     };
-    let coordinator = Coordinator::open(config)
-        .with_context(|| format!("failed to open the store in {}", data_dir.display()))?;
+    let default_artifacts = data_dir.join("artifacts");
+    let artifacts = move || open_artifacts(&artifacts_url, &default_artifacts);
+    // Fail at start on a bad artifact location rather than at the first upload.
+    artifacts().map_err(|err| ConfigError(format!("invalid artifacts location: {err}")))?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("failed to listen on {listen}"))?;
-    tracing::info!(%listen, lease_ttl_ms, heartbeat_interval_ms, max_attempts, "coordinator starting");
-    coordinator
-        .serve(listener, termination_signal())
-        .await
-        .context("the gRPC server failed")?;
+    tracing::info!(%listen, lease_ttl_ms, heartbeat_interval_ms, max_attempts, store = ?store, "coordinator starting");
+    match store {
+        StoreChoice::Embedded => {
+            let state = EmbeddedStore::open(&data_dir)
+                .with_context(|| format!("failed to open the store in {}", data_dir.display()))?;
+            let coordinator = Coordinator::with_stores(config, Box::new(state), artifacts()?)?;
+            coordinator
+                .serve(listener, termination_signal())
+                .await
+                .context("the gRPC server failed")?;
+        }
+        StoreChoice::Etcd { endpoints, prefix } => {
+            let election = ElectionConfig {
+                endpoints,
+                prefix,
+                advertise_url: advertise,
+                lease_ttl_secs: i64::from(election_ttl_secs),
+                store_options: EtcdOptions::default(),
+            };
+            serve_elected(
+                config,
+                election,
+                Arc::new(artifacts),
+                listener,
+                termination_signal(),
+            )
+            .await?;
+        }
+    }
     Ok(())
 }
 
@@ -256,11 +364,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         .or(file.hostname)
         .unwrap_or_else(local_hostname);
     let slots = plan_slots(&gpus, gpus_per_trial, cpu_slots, threads).map_err(ConfigError)?;
-    if !coordinator_url.starts_with("http://") && !coordinator_url.starts_with("https://") {
-        bail!(ConfigError(format!(
-            "invalid coordinator URL {coordinator_url:?}: expected http://HOST:PORT"
-        )));
-    }
+    tunefleet_proto::coordinator_channel(&coordinator_url).map_err(ConfigError)?;
 
     let config = WorkerConfig {
         coordinator_url,
@@ -285,4 +389,37 @@ fn local_hostname() -> String {
         .ok()
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_url_parses_endpoints_and_prefix() {
+        let parsed = parse_store("etcd://127.0.0.1:2379,127.0.0.1:22379/fleet-a").unwrap();
+        let expected = StoreChoice::Etcd {
+            endpoints: vec![
+                "http://127.0.0.1:2379".into(),
+                "http://127.0.0.1:22379".into(),
+            ],
+            prefix: "fleet-a".into(),
+        };
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn store_url_needs_prefix() {
+        let err = parse_store("etcd://127.0.0.1:2379").unwrap_err();
+        assert!(
+            err.0.starts_with("invalid store \"etcd://127.0.0.1:2379\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn store_url_rejects_other_schemes() {
+        assert!(parse_store("redis://x/y").is_err());
+        assert_eq!(parse_store("embedded").unwrap(), StoreChoice::Embedded);
+    }
 }

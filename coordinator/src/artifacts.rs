@@ -27,6 +27,9 @@ use crate::store::StoreError;
 pub const MAX_ARTIFACT_NAME_LEN: usize = 64;
 
 /// The default limit on one object store request, retries included.
+///
+/// NOTE: the limit covers the whole transfer, so checkpoints of hundreds of MB on a slow link
+/// need a longer one ([`ObjectArtifacts::with_timeout`]).
 pub const DEFAULT_OBJECT_STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Extra time the caller waits beyond the request timeout, so that the request thread's own
@@ -164,7 +167,7 @@ pub struct ObjectArtifacts {
     job_tx: job_channel::UnboundedSender<Job>,
 }
 
-/// A request, boxed to run on the request thread; it sends its own result back.
+/// A request boxed to run on the request thread. It sends its own result back.
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl ObjectArtifacts {
@@ -246,6 +249,8 @@ impl ArtifactStore for ObjectArtifacts {
         let path = self.object_path(&location)?;
 
         // The request outlives this call if it times out, so it owns a copy of the bytes.
+        // NOTE: one PUT per artifact, which S3 limits to 5 GiB. Larger checkpoints would need
+        // object_store's multipart upload.
         let payload = PutPayload::from(content.to_vec());
         let store = Arc::clone(&self.store);
         let request_path = path.clone();
@@ -288,7 +293,7 @@ impl ArtifactStore for ObjectArtifacts {
 /// Starts the thread that runs object store requests, returning the sender of its jobs.
 ///
 /// The thread stops when the sender is dropped. The job queue is unbounded, but every caller
-/// waits for its own result, so it holds at most one job per waiting caller.
+/// waits for its own result, so it contains at most one job per waiting caller.
 fn start_request_thread() -> Result<job_channel::UnboundedSender<Job>, StoreError> {
     let (job_tx, mut job_rx) = job_channel::unbounded_channel::<Job>();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);

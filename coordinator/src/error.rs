@@ -67,6 +67,7 @@ impl From<CoordinatorError> for Status {
             | CoordinatorError::Ensemble { .. }
             | CoordinatorError::NoEnsembleYet(_) => Code::FailedPrecondition,
             CoordinatorError::Store(StoreError::InvalidArtifactName(_)) => Code::InvalidArgument,
+            CoordinatorError::Store(StoreError::ArtifactNotFound { .. }) => Code::NotFound,
             CoordinatorError::Store(_) | CoordinatorError::StoreUnavailable => Code::Unavailable,
         };
         Status::new(code, err.to_string())

@@ -2,6 +2,7 @@
 //! keeps every sweep, trial and attempt in a durable store and selects the final ensemble.
 
 pub mod artifacts;
+pub mod election;
 pub mod ensemble;
 pub mod error;
 pub mod search;

@@ -75,6 +75,11 @@ struct Inner {
     /// True while one caller writes a batch; the others wait for its result.
     committing: AtomicBool,
     progress: watch::Sender<CommitProgress>,
+    /// Set when a write failed and the state could not be reloaded: memory may be ahead of the
+    /// store, so nothing is served until a reload succeeds.
+    degraded: AtomicBool,
+    /// When the last reload was tried while degraded, to space out retries.
+    last_recovery: Mutex<Option<std::time::Instant>>,
 }
 
 /// Changes waiting for the next group commit.
@@ -133,6 +138,8 @@ impl Coordinator {
             pending: Mutex::new(Pending::default()),
             committing: AtomicBool::new(false),
             progress: watch::channel(CommitProgress::default()).0,
+            degraded: AtomicBool::new(false),
+            last_recovery: Mutex::new(None),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -147,7 +154,7 @@ impl Coordinator {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
         let address = listener.local_addr().ok();
-        let expiry = tokio::spawn(self.clone().expire_leases_forever());
+        let expiry = self.start_lease_expiry();
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             address = ?address,
@@ -174,6 +181,16 @@ impl Coordinator {
         expiry.abort();
         tracing::info!("coordinator stopped");
         result
+    }
+
+    /// Starts expiring leases in the background; abort the handle to stop.
+    pub fn start_lease_expiry(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.clone().expire_leases_forever())
+    }
+
+    /// Ends this coordinator's long polls and watches with `UNAVAILABLE`.
+    pub fn begin_shutdown(&self) {
+        let _ = self.inner.stopping.send(true);
     }
 
     async fn expire_leases_forever(self) {
@@ -207,6 +224,7 @@ impl Coordinator {
         &self,
         op: impl FnOnce(&mut Scheduler) -> Result<T, CoordinatorError>,
     ) -> Result<T, CoordinatorError> {
+        self.ensure_recovered()?;
         let (result, seq) = {
             let mut state = self.lock();
             let result = op(&mut state);
@@ -260,7 +278,9 @@ impl Coordinator {
             tracing::error!(error = %err, "store write failed; reloading state from the store");
             let mut state = self.lock();
             let mut pending = self.lock_pending();
-            self.reload(&mut state);
+            if !self.reload(&mut state) {
+                self.inner.degraded.store(true, Ordering::Release);
+            }
             // Changes queued after this batch was built described state that is now gone.
             pending.changes = Changes::default();
             failed_range = Some(pending.last_seq);
@@ -310,7 +330,40 @@ impl Coordinator {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn reload(&self, state: &mut Scheduler) {
+    /// Returns the state for a read, unless a failed write left it ahead of the store.
+    fn read(&self) -> Result<MutexGuard<'_, Scheduler>, CoordinatorError> {
+        self.ensure_recovered()?;
+        Ok(self.lock())
+    }
+
+    /// While degraded, tries to reload the state from the store, at most once a second, and
+    /// fails with `UNAVAILABLE` until a reload succeeds.
+    fn ensure_recovered(&self) -> Result<(), CoordinatorError> {
+        if !self.inner.degraded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        {
+            let mut last = self
+                .inner
+                .last_recovery
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+                return Err(CoordinatorError::StoreUnavailable);
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let mut state = self.lock();
+        if !self.reload(&mut state) {
+            return Err(CoordinatorError::StoreUnavailable);
+        }
+        self.inner.degraded.store(false, Ordering::Release);
+        tracing::info!("the store is reachable again; state reloaded");
+        Ok(())
+    }
+
+    /// Rebuilds the state from the store; returns whether that worked.
+    fn reload(&self, state: &mut Scheduler) -> bool {
         let restored = self
             .inner
             .store
@@ -320,8 +373,14 @@ impl Coordinator {
                 Scheduler::restore(self.inner.config.scheduler.clone(), snapshot, now_ms())
             });
         match restored {
-            Ok(scheduler) => *state = scheduler,
-            Err(err) => tracing::error!(error = %err, "reloading state from the store failed"),
+            Ok(scheduler) => {
+                *state = scheduler;
+                true
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reloading state from the store failed; serving nothing until it works");
+                false
+            }
         }
     }
 
@@ -385,7 +444,7 @@ impl Coordinator {
         if let Some(ensemble) = self.lock_ensembles().get(&sweep_id) {
             return Ok(ensemble.clone());
         }
-        let state = self.lock();
+        let state = self.read()?;
         let spec = state.spec(sweep_id)?;
         let trials = state.trials_of(sweep_id)?;
         summary::build_summary(self.inner.artifacts.as_ref(), sweep_id, spec, &trials)
@@ -440,14 +499,14 @@ impl SweepService for Coordinator {
         request: Request<v1::GetSweepRequest>,
     ) -> Result<Response<v1::Sweep>, Status> {
         let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
-        Ok(Response::new(self.lock().sweep(sweep_id)?.clone()))
+        Ok(Response::new(self.read()?.sweep(sweep_id)?.clone()))
     }
 
     async fn list_sweeps(
         &self,
         _request: Request<v1::ListSweepsRequest>,
     ) -> Result<Response<v1::ListSweepsResponse>, Status> {
-        let sweeps = self.lock().sweeps().into_iter().cloned().collect();
+        let sweeps = self.read()?.sweeps().into_iter().cloned().collect();
         Ok(Response::new(v1::ListSweepsResponse { sweeps }))
     }
 
@@ -487,7 +546,7 @@ impl SweepService for Coordinator {
         &self,
         _request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        let workers = self.lock().list_workers(now_ms());
+        let workers = self.read()?.list_workers(now_ms());
         Ok(Response::new(v1::ListWorkersResponse { workers }))
     }
 
@@ -496,7 +555,7 @@ impl SweepService for Coordinator {
         request: Request<v1::ListTrialsRequest>,
     ) -> Result<Response<v1::ListTrialsResponse>, Status> {
         let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
-        let state = self.lock();
+        let state = self.read()?;
         let trials = state.trials_of(sweep_id)?.into_iter().cloned().collect();
         Ok(Response::new(v1::ListTrialsResponse { trials }))
     }
@@ -506,7 +565,7 @@ impl SweepService for Coordinator {
         request: Request<v1::GetTrialRequest>,
     ) -> Result<Response<v1::Trial>, Status> {
         let trial_id: TrialId = parse_id(&request.get_ref().trial_id)?;
-        Ok(Response::new(self.lock().trial(trial_id)?.clone()))
+        Ok(Response::new(self.read()?.trial(trial_id)?.clone()))
     }
 
     type WatchSweepStream = EventStream;
@@ -518,7 +577,7 @@ impl SweepService for Coordinator {
         let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
         // Subscribe before taking the snapshot so that no event falls between the two.
         let events_rx = self.inner.events_tx.subscribe();
-        let snapshot = self.lock().snapshot_event(sweep_id)?;
+        let snapshot = self.read()?.snapshot_event(sweep_id)?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(
             self.clone()

@@ -43,7 +43,7 @@ pub enum StoreError {
         source: Box<::etcd_client::Error>,
     },
     /// etcd did not complete a request within the request timeout, retries included.
-    #[error("etcd {operation} on {endpoints} did not succeed within {timeout:?}; last error: {last_error}")]
+    #[error("etcd {operation} on {endpoints} timed out after {timeout:?} (last error: {last_error}): check that etcd runs and is reachable")]
     EtcdTimeout {
         operation: &'static str,
         endpoints: String,
@@ -61,22 +61,27 @@ pub enum StoreError {
     /// Invalid settings for the etcd store.
     #[error("invalid etcd store config: {0}")]
     InvalidEtcdConfig(String),
+    /// An object store has no object at an artifact's location.
     #[error("artifact {location} not found in {store}")]
     ArtifactNotFound { store: String, location: String },
+    /// An object store request failed after object_store's own retries.
     #[error("{store} request for {location} failed: {error}")]
     ObjectStore {
         store: String,
         location: String,
         error: Box<object_store::Error>,
     },
+    /// An object store request did not finish within the artifact store's timeout.
     #[error("{store} request for {location} timed out after {timeout:?}")]
     ObjectStoreTimeout {
         store: String,
         location: String,
         timeout: std::time::Duration,
     },
+    /// The object store client's own thread and runtime failed to start or stopped.
     #[error("object store client runtime is not running: {0}")]
     ObjectStoreRuntime(String),
+    /// An artifact store URL that is malformed or that the environment cannot serve.
     #[error("invalid artifact store URL {url:?}: {reason}")]
     InvalidArtifactUrl { url: String, reason: String },
 }

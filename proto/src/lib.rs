@@ -21,3 +21,33 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default();
     since_epoch.as_millis() as i64
 }
+
+/// Builds a lazily connecting channel to one coordinator URL, or to several given as a comma
+/// separated list, such as `http://10.0.0.5:7800,http://10.0.0.6:7800`. With several, calls are
+/// spread over the coordinators that answer; followers forward them to the leader.
+pub fn coordinator_channel(urls: &str) -> Result<tonic::transport::Channel, String> {
+    let endpoints = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(format!(
+                    "invalid coordinator URL {url:?}: expected http://HOST:PORT"
+                ));
+            }
+            tonic::transport::Endpoint::from_shared(url.to_string())
+                .map(|endpoint| endpoint.connect_timeout(std::time::Duration::from_secs(5)))
+                .map_err(|err| format!("invalid coordinator URL {url:?}: {err}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    match endpoints.len() {
+        0 => Err(format!(
+            "invalid coordinator URL {urls:?}: expected http://HOST:PORT"
+        )),
+        1 => Ok(endpoints[0].connect_lazy()),
+        _ => Ok(tonic::transport::Channel::balance_list(
+            endpoints.into_iter(),
+        )),
+    }
+}

@@ -13,7 +13,7 @@ use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tunefleet_proto::v1::worker_service_client::WorkerServiceClient;
 use tunefleet_proto::v1::{self, trainer_event::Event, Outcome};
@@ -205,10 +205,8 @@ pub async fn run(
         "the trainer command is empty"
     );
     // Connects on first use and reconnects after the coordinator restarts.
-    let channel = Endpoint::from_shared(config.coordinator_url.clone())
-        .with_context(|| format!("invalid coordinator URL {:?}", config.coordinator_url))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
+    let channel = tunefleet_proto::coordinator_channel(&config.coordinator_url)
+        .map_err(|err| anyhow::anyhow!(err))?;
     let client = WorkerServiceClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);

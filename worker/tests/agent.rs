@@ -236,7 +236,13 @@ async fn sigkill_fails_trial_and_keeps_stderr() {
     let (sweep, trial) = run_one_trial(script).await;
 
     assert_eq!(sweep.status, SweepStatus::Failed as i32, "{sweep:?}");
-    assert_eq!(sweep.reason, "no trial succeeded (1 failed)");
+    assert!(
+        sweep.reason.starts_with(
+            "no trial succeeded (1 failed); first failure: trainer was killed by signal 9"
+        ),
+        "{}",
+        sweep.reason
+    );
     assert_eq!(trial.status, TrialStatus::Failed as i32, "{trial:#?}");
     assert!(trial.reason.contains("signal 9"), "{}", trial.reason);
     assert!(trial.reason.contains("SIGKILL"), "{}", trial.reason);
@@ -312,7 +318,7 @@ async fn slot_runs_next_trial_after_crash() {
     let trials = fleet.trials(&sweep_id).await;
 
     assert_eq!(sweep.status, SweepStatus::Failed as i32, "{sweep:?}");
-    assert_eq!(sweep.reason, "no trial succeeded (3 failed)");
+    assert_eq!(sweep.reason, "no trial succeeded (3 failed); first failure: trainer was killed by signal 9 (SIGKILL: killed, for example by the kernel's out-of-memory killer)");
     assert_eq!(trials.len(), 3, "{trials:#?}");
     let worker_id = trials[0].attempts[0].worker_id.clone();
     for trial in &trials {
