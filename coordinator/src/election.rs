@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, LeaderKey};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tunefleet_proto::v1;
@@ -24,7 +23,7 @@ use tunefleet_proto::v1::worker_service_client::WorkerServiceClient;
 use tunefleet_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 
 use crate::artifacts::ArtifactStore;
-use crate::service::{Coordinator, CoordinatorConfig, MAX_MESSAGE_BYTES};
+use crate::service::{incoming, Coordinator, CoordinatorConfig, MAX_MESSAGE_BYTES};
 use crate::store::etcd::{EtcdOptions, EtcdStore, Fence};
 
 /// Metadata key set on calls a follower forwards, so that a forwarded call is never forwarded
@@ -317,7 +316,7 @@ pub async fn serve_elected(
     let served = tonic::transport::Server::builder()
         .add_service(sweeps)
         .add_service(workers)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     campaign.abort();
     tracing::info!("coordinator stopped");

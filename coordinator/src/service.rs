@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tunefleet_proto::v1::sweep_service_server::{SweepService, SweepServiceServer};
 use tunefleet_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
@@ -176,7 +176,7 @@ impl Coordinator {
         let result = tonic::transport::Server::builder()
             .add_service(sweeps)
             .add_service(workers)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await;
         expiry.abort();
         tracing::info!("coordinator stopped");
@@ -272,7 +272,7 @@ impl Coordinator {
             let changes = std::mem::take(&mut pending.changes);
             (build_batch(&state, &changes), changes, pending.last_seq)
         };
-        let written = self.inner.store.write(&batch);
+        let written = run_blocking(|| self.inner.store.write(&batch));
         let mut failed_range = None;
         if let Err(err) = &written {
             tracing::error!(error = %err, "store write failed; reloading state from the store");
@@ -465,6 +465,22 @@ fn build_batch(state: &Scheduler, changes: &Changes) -> WriteBatch {
         workers: workers.cloned().collect(),
         ensembles: Vec::new(),
     }
+}
+
+/// Runs blocking store I/O so that, on a multi-threaded runtime, the thread's other tasks move
+/// to other threads meanwhile. A current-thread runtime (as in some tests) just runs it.
+fn run_blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Accepts connections with `TCP_NODELAY` set. With Nagle's algorithm on, the last segment of
+/// a reply waits for the client's delayed acknowledgement, about 40 ms on Linux, on every call.
+pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 fn parse_id<T: std::str::FromStr<Err = tunefleet_proto::IdError>>(
