@@ -130,8 +130,9 @@ impl EtcdFleet {
         launch_with_retries(&path, &self.urls())
     }
 
-    fn client(&self) -> SweepServiceClient<Channel> {
-        SweepServiceClient::new(tunefleet_proto::coordinator_channel(&self.urls()).unwrap())
+    async fn client(&self) -> SweepServiceClient<Channel> {
+        let channel = tunefleet_proto::connect_coordinator(&self.urls()).await;
+        SweepServiceClient::new(channel.unwrap())
     }
 }
 
@@ -225,7 +226,7 @@ async fn leader_killed_mid_sweep_fails_over() {
     fleet.start_worker("w1");
     fleet.start_worker("w2");
     let sweep_id = fleet.launch(6, 40);
-    let client = fleet.client();
+    let client = fleet.client().await;
     wait_for_progress(&client, &sweep_id).await;
 
     fleet.coordinators[0].kill();
@@ -240,7 +241,9 @@ async fn leader_killed_mid_sweep_fails_over() {
 
     // Talk to the survivor alone: a balanced channel can still pick the dead address once.
     let survivor = format!("http://127.0.0.1:{}", fleet.ports[1]);
-    let channel = tunefleet_proto::coordinator_channel(&survivor).unwrap();
+    let channel = tunefleet_proto::connect_coordinator(&survivor)
+        .await
+        .unwrap();
     let mut client = SweepServiceClient::new(channel);
     let sweep = wait_for_end(&mut client, &sweep_id, Duration::from_secs(120)).await;
     assert_eq!(
@@ -267,7 +270,7 @@ async fn etcd_restart_mid_sweep_loses_nothing() {
     fleet.wait_for_leader(0, Duration::from_secs(20)).await;
     fleet.start_worker("w1");
     let sweep_id = fleet.launch(4, 40);
-    let mut client = fleet.client();
+    let mut client = fleet.client().await;
     wait_for_progress(&client, &sweep_id).await;
     let before = trials(&mut client, &sweep_id).await;
 
@@ -309,7 +312,7 @@ async fn cluster_member_lost_mid_sweep() {
     fleet.wait_for_leader(0, Duration::from_secs(20)).await;
     fleet.start_worker("w1");
     let sweep_id = fleet.launch(4, 40);
-    let mut client = fleet.client();
+    let mut client = fleet.client().await;
     wait_for_progress(&client, &sweep_id).await;
 
     cluster.kill_member(0);

@@ -81,7 +81,8 @@ pub enum TrialCommand {
 }
 
 async fn connect(connection: &Connection) -> anyhow::Result<SweepServiceClient<Channel>> {
-    let channel = tunefleet_proto::coordinator_channel(&connection.coordinator)
+    let channel = tunefleet_proto::connect_coordinator(&connection.coordinator)
+        .await
         .map_err(|err| anyhow::anyhow!(err))?;
     let client = SweepServiceClient::new(channel);
     Ok(client.max_decoding_message_size(64 * 1024 * 1024))

@@ -220,11 +220,17 @@ pub fn format_params(params: &[v1::Param]) -> String {
     }
 }
 
+/// Returns how long the trial's last attempt ran, up to now while it still runs.
 pub fn duration_seconds(trial: &v1::Trial) -> f64 {
-    if trial.started_at_ms == 0 || trial.ended_at_ms < trial.started_at_ms {
+    let Some(attempt) = trial.attempts.last() else {
         return 0.0;
-    }
-    (trial.ended_at_ms - trial.started_at_ms) as f64 / 1000.0
+    };
+    let end = if attempt.ended_at_ms > 0 {
+        attempt.ended_at_ms
+    } else {
+        tunefleet_proto::now_ms()
+    };
+    (end - attempt.started_at_ms).max(0) as f64 / 1000.0
 }
 
 /// Returns a metric of the trial's last reported epoch.

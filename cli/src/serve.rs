@@ -113,11 +113,10 @@ fn parse_store(value: &str) -> Result<StoreChoice, ConfigError> {
     };
     let rest = value.strip_prefix("etcd://").ok_or_else(invalid)?;
     let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let endpoints: Vec<String> = hosts
-        .split(',')
-        .filter(|h| !h.is_empty())
-        .map(|h| format!("http://{h}"))
-        .collect();
+    let endpoints: Vec<String> = hosts.split(',').map(|h| format!("http://{h}")).collect();
+    for endpoint in &endpoints {
+        tunefleet_proto::coordinator_endpoints(endpoint).map_err(|_| invalid())?;
+    }
     let prefix = prefix.trim_matches('/');
     if endpoints.is_empty() || prefix.is_empty() {
         return Err(invalid());
@@ -364,7 +363,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         .or(file.hostname)
         .unwrap_or_else(local_hostname);
     let slots = plan_slots(&gpus, gpus_per_trial, cpu_slots, threads).map_err(ConfigError)?;
-    tunefleet_proto::coordinator_channel(&coordinator_url).map_err(ConfigError)?;
+    tunefleet_proto::coordinator_endpoints(&coordinator_url).map_err(ConfigError)?;
 
     let config = WorkerConfig {
         coordinator_url,
@@ -415,6 +414,12 @@ mod tests {
             err.0.starts_with("invalid store \"etcd://127.0.0.1:2379\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn store_url_rejects_bad_hosts() {
+        assert!(parse_store("etcd://[::1/p").is_err());
+        assert!(parse_store("etcd://127.0.0.1:2379,/p").is_err());
     }
 
     #[test]

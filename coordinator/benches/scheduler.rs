@@ -7,20 +7,12 @@
 //! store file, and fails loudly otherwise. A bare redb commit and a bare `fdatasync` on the
 //! same disk are timed as well, to show the floor that the store puts under every state change.
 //!
-//! Each scenario runs twice. `shipped` serves through `Coordinator::serve`, the product's
-//! path. `nodelay` serves the same coordinator's two gRPC services from the bench on accepted
-//! sockets with `TCP_NODELAY` set, because `Coordinator::serve` hands tonic its own listener
-//! stream and tonic ignores its `tcp_nodelay` setting for such streams (tonic 0.14,
-//! `Server::serve_with_incoming`). The `nodelay` server runs no lease-expiry task, which no
-//! scenario needs because every lease is renewed or released long before it expires.
-//!
-//! Every result is one JSON line on stdout and progress goes to stderr;
-//! `scripts/bench_scheduler` turns the lines into a table.
+//! Every result is one JSON line on stdout, and progress goes to stderr.
+//! `scripts/bench_scheduler` turns the lines into tables.
 //!
 //! ```text
 //! cargo bench -p tunefleet-coordinator --bench scheduler -- \
-//!     [--workers 1,16,256] [--trials 2000,2000,5000] [--serving shipped,nodelay]
-//!     [--floor-commits 500]
+//!     [--workers 1,16,256] [--trials 2000,2000,5000] [--floor-commits 500]
 //! ```
 //!
 //! The store lives in a temporary directory under `$TMPDIR` (else `/tmp`), so that directory's
@@ -36,16 +28,13 @@ use anyhow::{bail, ensure, Context, Result};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::{oneshot, Barrier};
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Endpoint};
 use tunefleet_coordinator::artifacts::LocalArtifacts;
 use tunefleet_coordinator::service::MAX_MESSAGE_BYTES;
 use tunefleet_coordinator::store::{EmbeddedStore, Snapshot, StateStore, StoreError, WriteBatch};
 use tunefleet_coordinator::{Coordinator, CoordinatorConfig};
 use tunefleet_proto::v1::sweep_service_client::SweepServiceClient;
-use tunefleet_proto::v1::sweep_service_server::SweepServiceServer;
 use tunefleet_proto::v1::worker_service_client::WorkerServiceClient;
-use tunefleet_proto::v1::worker_service_server::WorkerServiceServer;
 use tunefleet_proto::v1::{self, AttemptStatus, Outcome, SweepStatus, TrialStatus};
 
 /// Simulated workers that share one HTTP/2 connection (one tonic `Channel`). Real workers each
@@ -60,9 +49,9 @@ const SCENARIO_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_WORKERS: &[usize] = &[1, 16, 256];
 const DEFAULT_TRIALS: &[u32] = &[2000, 2000, 5000];
 const DEFAULT_FLOOR_COMMITS: usize = 500;
-/// Record sizes of the floor's redb commits, in bytes: about the encoded size of the sweep
-/// record (it contains the spec text) and of a one-epoch trial record that the coordinator
-/// writes on most state changes.
+/// Record sizes of the floor's redb commits, in bytes. They are rough estimates of the encoded
+/// sweep record (it contains the spec text) and of a one-epoch trial record, the two records
+/// the coordinator writes on most state changes.
 const FLOOR_SWEEP_BYTES: usize = 1024;
 const FLOOR_TRIAL_BYTES: usize = 512;
 const METRIC: &str = "val_accuracy";
@@ -70,13 +59,10 @@ const METRIC: &str = "val_accuracy";
 fn main() -> Result<()> {
     let options = Options::parse(std::env::args().skip(1))?;
     for (&num_workers, &num_trials) in options.workers.iter().zip(&options.trials) {
-        for &serving in &options.servings {
-            let name = serving.name();
-            eprintln!("scheduler bench: {name}, {num_workers} workers, {num_trials} trials");
-            let result = run_scenario(serving, num_workers, num_trials)
-                .with_context(|| format!("scenario {name} with {num_workers} workers failed"))?;
-            println!("{}", result.to_json());
-        }
+        eprintln!("scheduler bench: {num_workers} workers, {num_trials} trials");
+        let result = run_scenario(num_workers, num_trials)
+            .with_context(|| format!("scenario with {num_workers} workers failed"))?;
+        println!("{}", result.to_json());
     }
     eprintln!(
         "scheduler bench: store floor, {} commits each",
@@ -88,38 +74,11 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Server setup for the coordinator's gRPC services.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Serving {
-    /// Through `Coordinator::serve`.
-    Shipped,
-    /// By the bench, with `TCP_NODELAY` on every accepted socket.
-    NoDelay,
-}
-
-impl Serving {
-    fn name(self) -> &'static str {
-        match self {
-            Serving::Shipped => "shipped",
-            Serving::NoDelay => "nodelay",
-        }
-    }
-
-    fn parse(text: &str) -> Result<Self> {
-        match text.trim() {
-            "shipped" => Ok(Serving::Shipped),
-            "nodelay" => Ok(Serving::NoDelay),
-            other => bail!("invalid --serving entry {other:?}: expected shipped or nodelay"),
-        }
-    }
-}
-
 /// Command-line settings. `cargo bench` adds `--bench`, which is accepted and ignored.
 struct Options {
     workers: Vec<usize>,
     /// Trials of each scenario, one per entry of `workers`.
     trials: Vec<u32>,
-    servings: Vec<Serving>,
     floor_commits: usize,
 }
 
@@ -127,7 +86,6 @@ impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Self> {
         let mut workers = DEFAULT_WORKERS.to_vec();
         let mut trials = None;
-        let mut servings = vec![Serving::Shipped, Serving::NoDelay];
         let mut floor_commits = DEFAULT_FLOOR_COMMITS;
         let mut args = args;
         while let Some(arg) = args.next() {
@@ -139,18 +97,11 @@ impl Options {
                 "--bench" => {}
                 "--workers" => workers = parse_list(&value()?, "--workers")?,
                 "--trials" => trials = Some(parse_list(&value()?, "--trials")?),
-                "--serving" => {
-                    servings = value()?
-                        .split(',')
-                        .map(Serving::parse)
-                        .collect::<Result<_>>()?
-                }
                 "--floor-commits" => {
                     floor_commits = value()?.parse().context("invalid --floor-commits")?
                 }
                 _ => bail!(
-                    "unknown argument {arg:?}: expected --workers, --trials, --serving or \
-                     --floor-commits"
+                    "unknown argument {arg:?}: expected --workers, --trials or --floor-commits"
                 ),
             }
         }
@@ -177,7 +128,6 @@ impl Options {
         Ok(Self {
             workers,
             trials,
-            servings,
             floor_commits,
         })
     }
@@ -309,7 +259,6 @@ struct Drive {
 
 /// The outcome of one scenario.
 struct ScenarioResult {
-    serving: Serving,
     num_workers: usize,
     num_channels: usize,
     num_trials: u32,
@@ -321,7 +270,7 @@ struct ScenarioResult {
 /// Runs one sweep of `num_trials` trials with `num_workers` simulated workers and checks its
 /// outcome. The coordinator and the workers run on separate tokio runtimes, as they would in
 /// separate processes, but share this machine's cores.
-fn run_scenario(serving: Serving, num_workers: usize, num_trials: u32) -> Result<ScenarioResult> {
+fn run_scenario(num_workers: usize, num_trials: u32) -> Result<ScenarioResult> {
     let data_dir = tempfile::tempdir().context("failed to create the data directory")?;
     let counters = Arc::new(StoreCounters::default());
     let store = CountingStore {
@@ -347,12 +296,7 @@ fn run_scenario(serving: Serving, num_workers: usize, num_trials: u32) -> Result
     let shutdown = async {
         let _ = shutdown_rx.await;
     };
-    let server = match serving {
-        Serving::Shipped => server_runtime.spawn(coordinator.serve(listener, shutdown)),
-        Serving::NoDelay => {
-            server_runtime.spawn(serve_with_nodelay(coordinator, listener, shutdown))
-        }
-    };
+    let server = server_runtime.spawn(coordinator.serve(listener, shutdown));
 
     let client_runtime = Runtime::new().context("failed to start the worker runtime")?;
     let url = format!("http://{address}");
@@ -372,7 +316,7 @@ fn run_scenario(serving: Serving, num_workers: usize, num_trials: u32) -> Result
         .block_on(server)
         .context("the coordinator task panicked")?
         .context("the coordinator failed")?;
-    // Dropping the runtime drops the lease-expiry task and with it the last handle on the
+    // Dropping the runtime drops its remaining tasks and with them the last handles on the
     // store, so the file can be opened again.
     drop(server_runtime);
     let Drive {
@@ -394,7 +338,6 @@ fn run_scenario(serving: Serving, num_workers: usize, num_trials: u32) -> Result
         timings.len()
     );
     Ok(ScenarioResult {
-        serving,
         num_workers,
         num_channels,
         num_trials,
@@ -402,27 +345,6 @@ fn run_scenario(serving: Serving, num_workers: usize, num_trials: u32) -> Result
         timings,
         store,
     })
-}
-
-/// Serves the coordinator's services the way `Coordinator::serve` does, but with
-/// `TCP_NODELAY` on every accepted socket and without the lease-expiry task.
-async fn serve_with_nodelay(
-    coordinator: Coordinator,
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
-    let sweeps = SweepServiceServer::new(coordinator.clone())
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let workers = WorkerServiceServer::new(coordinator)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
-        .add_service(sweeps)
-        .add_service(workers)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
 }
 
 /// Registers every worker, then starts them together and collects their logs.
@@ -484,7 +406,11 @@ async fn register(client: &mut WorkerServiceClient<Channel>, index: usize) -> Re
         version: env!("CARGO_PKG_VERSION").to_string(),
         ..Default::default()
     };
-    let response = client.register_worker(request).await?.into_inner();
+    let response = client
+        .register_worker(request)
+        .await
+        .context("RegisterWorker failed")?;
+    let response = response.into_inner();
     Ok(response.worker_id)
 }
 
@@ -503,8 +429,12 @@ async fn run_worker(
             wait_ms: ACQUIRE_WAIT_MS,
         };
         let sent = Instant::now();
-        let response = client.acquire_trial(request).await?.into_inner();
+        let response = client
+            .acquire_trial(request)
+            .await
+            .context("AcquireTrial failed")?;
         let acquired = Instant::now();
+        let response = response.into_inner();
         let Some(assignment) = response.assignment else {
             return Ok(log);
         };
@@ -525,14 +455,18 @@ async fn run_worker(
                 reported_at_ms: 0,
             }),
         };
-        let verdict = client.report_epoch(report).await?.into_inner();
+        let verdict = client
+            .report_epoch(report)
+            .await
+            .context("ReportEpoch failed")?;
+        let reported = Instant::now();
+        let verdict = verdict.into_inner();
         ensure!(
             !verdict.stop,
             "ReportEpoch told trial {} to stop: {}",
             attempt.trial_id,
             verdict.reason
         );
-        let reported = Instant::now();
 
         let complete = v1::CompleteAttemptRequest {
             attempt: Some(attempt),
@@ -540,7 +474,10 @@ async fn run_worker(
             final_metrics: vec![metric],
             ..Default::default()
         };
-        client.complete_attempt(complete).await?;
+        client
+            .complete_attempt(complete)
+            .await
+            .context("CompleteAttempt failed")?;
         let completed = Instant::now();
         log.last_complete = Some(completed);
         log.timings.push(TrialTiming {
@@ -656,14 +593,13 @@ impl ScenarioResult {
         let store_write_mean_ms = millis(self.store.write_time) / num_writes.max(1.0);
         format!(
             concat!(
-                r#"{{"kind": "scheduler", "system": "tunefleet {}", "concurrency": {}, "#,
+                r#"{{"kind": "scheduler", "system": "tunefleet", "concurrency": {}, "#,
                 r#""connections": {}, "trials": {}, "wall_s": {:.3}, "trials_per_s": {:.1}, "#,
                 r#""acquire_p50_ms": {:.3}, "acquire_p99_ms": {:.3}, "acquire_mean_ms": {:.3}, "#,
                 r#""report_mean_ms": {:.3}, "complete_mean_ms": {:.3}, "overhead_ms": {:.3}, "#,
                 r#""store_writes": {}, "store_writes_per_trial": {:.2}, "#,
                 r#""store_write_mean_ms": {:.3}, "store_busy_fraction": {:.3}}}"#
             ),
-            self.serving.name(),
             self.num_workers,
             self.num_channels,
             self.num_trials,
@@ -683,7 +619,7 @@ impl ScenarioResult {
     }
 }
 
-/// The nearest-rank percentile of sorted samples.
+/// Returns the nearest-rank percentile of sorted samples.
 fn percentile(sorted: &[Duration], pct: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

@@ -188,6 +188,12 @@ fn parse_name(root: &Section) -> Result<String, SpecError> {
         let got = format!("a string of {num_chars} characters");
         return Err(invalid("name", &expected, &got));
     }
+    // Names are printed in tables and logs, where a control character could break a line or
+    // inject a terminal escape sequence.
+    if name.chars().any(char::is_control) {
+        let expected = format!("{expected} without control characters");
+        return Err(invalid("name", &expected, &format!("{name:?}")));
+    }
     Ok(name.to_string())
 }
 
@@ -389,6 +395,12 @@ mod tests {
                 "name not a string",
                 format!("name = 5\n{objective}{task}"),
                 "invalid name: expected a non-blank string of at most 128 characters, got 5 (int)",
+            ),
+            (
+                "name with a control character",
+                format!("name = \"a\\nb\"\n{objective}{task}"),
+                "invalid name: expected a non-blank string of at most 128 characters without \
+                 control characters, got \"a\\nb\"",
             ),
             (
                 "missing objective metric",

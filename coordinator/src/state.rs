@@ -155,9 +155,9 @@ impl Scheduler {
             ..
         } = snapshot;
         let mut scheduler = Self::new(config);
-        for mut worker in workers {
-            // Known workers get a full lease TTL to send their next heartbeat.
-            worker.last_heartbeat_ms = now_ms;
+        for worker in workers {
+            // The stored heartbeat time is the registration's, so a worker is listed as lost
+            // until its next heartbeat proves it alive. Its running attempts keep fresh leases.
             scheduler.workers.insert(worker.worker_id.parse()?, worker);
         }
         let mut sweeps = sweeps;
@@ -394,12 +394,19 @@ impl Scheduler {
         };
         let trial = self.trials.get_mut(&trial_id).expect("trial exists");
         let number = trial.attempts.len() as u32 + 1;
+        // Metrics and artifacts belong to the attempt that produced them: a new attempt
+        // trains from scratch, so it starts a fresh history.
+        trial.history.clear();
+        trial.final_metrics.clear();
+        trial.artifacts.clear();
+        trial.objective = None;
         trial.attempts.push(v1::Attempt {
             number,
             worker_id: worker_id.to_string(),
             slot,
             status: AttemptStatus::Running as i32,
             started_at_ms: now_ms,
+            exit_code: -1,
             ..Default::default()
         });
         trial.status = TrialStatus::Running as i32;
@@ -426,7 +433,14 @@ impl Scheduler {
         };
         let trial = self.trials.get_mut(&trial_id).expect("checked");
         let last_epoch = trial.history.last().map_or(0, |m| m.epoch);
-        if metrics.epoch <= last_epoch {
+        if metrics.epoch == last_epoch {
+            // A worker resends a report whose reply it lost, for example across a
+            // coordinator restart; the first copy is already stored.
+            self.leases
+                .insert(trial_id, now_ms + self.config.lease_ttl_ms);
+            return Ok(ReportVerdict::Continue);
+        }
+        if metrics.epoch < last_epoch {
             return Err(CoordinatorError::InvalidArgument(format!(
                 "epoch {} of trial {trial_id} reported after epoch {last_epoch}: epochs must increase",
                 metrics.epoch

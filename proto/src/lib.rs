@@ -22,32 +22,50 @@ pub fn now_ms() -> i64 {
     since_epoch.as_millis() as i64
 }
 
-/// Builds a lazily connecting channel to one coordinator URL, or to several given as a comma
-/// separated list, such as `http://10.0.0.5:7800,http://10.0.0.6:7800`. With several, calls are
-/// spread over the coordinators that answer; followers forward them to the leader.
-pub fn coordinator_channel(urls: &str) -> Result<tonic::transport::Channel, String> {
-    let endpoints = urls
-        .split(',')
-        .map(str::trim)
-        .filter(|url| !url.is_empty())
-        .map(|url| {
-            if !url.starts_with("http://") && !url.starts_with("https://") {
-                return Err(format!(
-                    "invalid coordinator URL {url:?}: expected http://HOST:PORT"
-                ));
-            }
-            tonic::transport::Endpoint::from_shared(url.to_string())
-                .map(|endpoint| endpoint.connect_timeout(std::time::Duration::from_secs(5)))
-                .map_err(|err| format!("invalid coordinator URL {url:?}: {err}"))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    match endpoints.len() {
-        0 => Err(format!(
-            "invalid coordinator URL {urls:?}: expected http://HOST:PORT"
-        )),
-        1 => Ok(endpoints[0].connect_lazy()),
-        _ => Ok(tonic::transport::Channel::balance_list(
-            endpoints.into_iter(),
-        )),
+/// Parses one coordinator URL, or several separated by commas such as
+/// `http://10.0.0.5:7800,http://10.0.0.6:7800`, into endpoints in the order given.
+pub fn coordinator_endpoints(urls: &str) -> Result<Vec<tonic::transport::Endpoint>, String> {
+    let invalid = |url: &str, why: &str| format!("invalid coordinator URL {url:?}: {why}");
+    let mut endpoints = Vec::new();
+    for url in urls.split(',').map(str::trim) {
+        if url.is_empty() {
+            return Err(invalid(
+                urls,
+                "expected http://HOST:PORT, or several separated by commas",
+            ));
+        }
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|err| invalid(url, &format!("{err}; expected http://HOST:PORT")))?;
+        if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
+            return Err(invalid(url, "expected http://HOST:PORT"));
+        }
+        if !matches!(uri.path(), "" | "/") {
+            return Err(invalid(url, "a coordinator URL has no path"));
+        }
+        let endpoint = tonic::transport::Endpoint::from(uri)
+            .connect_timeout(std::time::Duration::from_secs(5));
+        endpoints.push(endpoint);
     }
+    Ok(endpoints)
+}
+
+/// Connects to the first coordinator in `urls` that accepts a connection, trying them in
+/// order; the error names every URL and why it failed.
+pub async fn connect_coordinator(urls: &str) -> Result<tonic::transport::Channel, String> {
+    let mut failures = Vec::new();
+    for endpoint in coordinator_endpoints(urls)? {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(err) => {
+                let cause =
+                    std::error::Error::source(&err).map_or(err.to_string(), |s| s.to_string());
+                failures.push(format!("{}: {cause}", endpoint.uri()));
+            }
+        }
+    }
+    Err(format!(
+        "failed to connect to the coordinator at {}",
+        failures.join("; ")
+    ))
 }

@@ -154,13 +154,54 @@ fn cpu_slots(num_cpu_slots: u32, num_threads: u32) -> Vec<SlotConfig> {
         .collect()
 }
 
+/// Clients of every coordinator the worker was given, used one at a time: when a call to the
+/// current one fails as unavailable, the next one in the list takes over. Followers forward to
+/// the leader, so any live coordinator serves.
+struct FailoverClient {
+    clients: Vec<WorkerServiceClient<Channel>>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl FailoverClient {
+    fn new(urls: &str) -> Result<Self, String> {
+        let clients = tunefleet_proto::coordinator_endpoints(urls)?
+            .into_iter()
+            .map(|endpoint| {
+                WorkerServiceClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(64 * 1024 * 1024)
+                    .max_encoding_message_size(64 * 1024 * 1024)
+            })
+            .collect();
+        Ok(Self {
+            clients,
+            current: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn get(&self) -> WorkerServiceClient<Channel> {
+        let index = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.clients[index % self.clients.len()].clone()
+    }
+
+    /// Moves to the next coordinator after a call failed as unavailable.
+    fn failed(&self, status: &Status) {
+        if self.clients.len() > 1 && status.code() == Code::Unavailable {
+            let next = self.current.load(std::sync::atomic::Ordering::Relaxed) + 1;
+            self.current.store(
+                next % self.clients.len(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+}
+
 type AttemptKey = (String, u32);
 /// Running attempts by (trial id, attempt number), each with the switch that stops it.
 type RunningAttempts = HashMap<AttemptKey, (v1::AttemptRef, watch::Sender<Option<String>>)>;
 
 /// State shared by the agent's slot loops and its heartbeat loop.
 struct Shared {
-    client: WorkerServiceClient<Channel>,
+    client: FailoverClient,
     config: WorkerConfig,
     worker_id: RwLock<String>,
     /// Stop switches of the attempts running now.
@@ -205,11 +246,8 @@ pub async fn run(
         "the trainer command is empty"
     );
     // Connects on first use and reconnects after the coordinator restarts.
-    let channel = tunefleet_proto::coordinator_channel(&config.coordinator_url)
-        .map_err(|err| anyhow::anyhow!(err))?;
-    let client = WorkerServiceClient::new(channel)
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024);
+    let client =
+        FailoverClient::new(&config.coordinator_url).map_err(|err| anyhow::anyhow!(err))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown_task = tokio::spawn(async move {
         shutdown.await;
@@ -266,15 +304,18 @@ pub async fn run(
 /// Registers, retrying with backoff while the coordinator is unreachable; `None` when shutdown
 /// came first.
 async fn register_until_accepted(
-    client: &WorkerServiceClient<Channel>,
+    client: &FailoverClient,
     config: &WorkerConfig,
     mut shutdown_rx: watch::Receiver<bool>,
 ) -> Option<(String, Duration)> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match register(&mut client.clone(), config).await {
+        match register(&mut client.get(), config).await {
             Ok(registration) => return Some(registration),
             Err(err) => {
+                if let Some(status) = err.downcast_ref::<Status>() {
+                    client.failed(status);
+                }
                 tracing::warn!(coordinator = %config.coordinator_url, error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "registration failed; retrying");
             }
         }
@@ -337,7 +378,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
             worker_id: shared.worker_id(),
             running,
         };
-        match shared.client.clone().heartbeat(request).await {
+        match shared.client.get().heartbeat(request).await {
             Ok(response) => {
                 for attempt in response.into_inner().stop {
                     tracing::info!(trial_id = %attempt.trial_id, attempt = attempt.attempt, "coordinator stopped the attempt");
@@ -347,7 +388,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
             Err(status) if status.code() == Code::NotFound => {
                 tracing::warn!(error = %status.message(), "coordinator does not know this worker; registering again");
                 shared.stop_all("the worker registered again");
-                match register(&mut shared.client.clone(), &shared.config).await {
+                match register(&mut shared.client.get(), &shared.config).await {
                     Ok((worker_id, _)) => {
                         tracing::info!(%worker_id, "worker registered again");
                         *shared.worker_id.write().unwrap_or_else(|e| e.into_inner()) = worker_id;
@@ -356,7 +397,8 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
                 }
             }
             Err(status) => {
-                tracing::warn!(error = %status, "heartbeat failed; retrying at the next interval")
+                shared.client.failed(&status);
+                tracing::warn!(error = %status, "heartbeat failed; retrying at the next interval");
             }
         }
     }
@@ -369,7 +411,7 @@ async fn slot_loop(shared: Arc<Shared>, slot: SlotConfig, mut shutdown_rx: watch
             slot: slot.index,
             wait_ms: ACQUIRE_WAIT_MS,
         };
-        let mut client = shared.client.clone();
+        let mut client = shared.client.get();
         let response = tokio::select! {
             response = client.acquire_trial(request) => response,
             _ = shutdown_rx.changed() => return,
@@ -381,6 +423,7 @@ async fn slot_loop(shared: Arc<Shared>, slot: SlotConfig, mut shutdown_rx: watch
                 }
             }
             Err(status) => {
+                shared.client.failed(&status);
                 tracing::warn!(slot = slot.index, error = %status, "acquiring a trial failed; retrying in 1 s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -549,8 +592,8 @@ async fn report_epoch(
         attempt: Some(attempt.clone()),
         metrics: Some(metrics),
     };
-    let response = with_retries("ReportEpoch", || {
-        let mut client = shared.client.clone();
+    let response = with_retries(&shared.client, "ReportEpoch", || {
+        let mut client = shared.client.get();
         let request = request.clone();
         async move { client.report_epoch(request).await }
     })
@@ -568,7 +611,11 @@ async fn report_epoch(
 }
 
 /// Retries an RPC while the coordinator is unavailable, for up to about 30 s.
-async fn with_retries<T, F, Fut>(rpc: &str, mut call: F) -> Result<T, Status>
+async fn with_retries<T, F, Fut>(
+    client: &FailoverClient,
+    rpc: &str,
+    mut call: F,
+) -> Result<T, Status>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -584,6 +631,7 @@ where
                     Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
                 ) && waited < Duration::from_secs(30) =>
             {
+                client.failed(&status);
                 tracing::warn!(rpc, error = %status, retry_in_ms = delay.as_millis() as u64, "coordinator unavailable; retrying");
                 tokio::time::sleep(delay).await;
                 waited += delay;
@@ -640,8 +688,8 @@ async fn report_end(shared: &Shared, attempt: &v1::AttemptRef, end: RunEnd, stde
         }
     }
     let outcome = Outcome::try_from(request.outcome).unwrap_or(Outcome::Unspecified);
-    let result = with_retries("CompleteAttempt", || {
-        let mut client = shared.client.clone();
+    let result = with_retries(&shared.client, "CompleteAttempt", || {
+        let mut client = shared.client.get();
         let request = request.clone();
         async move { client.complete_attempt(request).await }
     })
@@ -674,8 +722,8 @@ async fn upload_predictions(
             name: name.to_string(),
             content: predictions.encode_to_vec(),
         };
-        with_retries("UploadArtifact", || {
-            let mut client = shared.client.clone();
+        with_retries(&shared.client, "UploadArtifact", || {
+            let mut client = shared.client.get();
             let request = request.clone();
             async move { client.upload_artifact(request).await }
         })

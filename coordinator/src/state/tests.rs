@@ -369,7 +369,7 @@ fn epochs_must_increase() {
     let w = worker(&mut s);
     let attempt = attempt_of(&s.acquire(w, 0, 0).unwrap().unwrap());
     s.report_epoch(&attempt, epoch(2, 0.5), 1).unwrap();
-    let err = s.report_epoch(&attempt, epoch(2, 0.6), 2).unwrap_err();
+    let err = s.report_epoch(&attempt, epoch(1, 0.6), 2).unwrap_err();
     assert!(err.to_string().contains("epochs must increase"), "{err}");
 }
 
@@ -509,4 +509,37 @@ fn silent_worker_is_listed_lost() {
         s.list_workers(TTL_MS + 2)[0].status,
         v1::WorkerStatus::Active as i32
     );
+}
+
+#[test]
+fn repeated_epoch_report_is_ignored() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec(""));
+    let w = worker(&mut s);
+    let attempt = attempt_of(&s.acquire(w, 0, 0).unwrap().unwrap());
+    s.report_epoch(&attempt, epoch(1, 0.5), 1).unwrap();
+    let verdict = s.report_epoch(&attempt, epoch(1, 0.5), 2).unwrap();
+    assert_eq!(verdict, ReportVerdict::Continue);
+    assert_eq!(s.trials_of(sweep_id).unwrap()[0].history.len(), 1);
+}
+
+#[test]
+fn retried_trial_starts_fresh_history() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &grid_spec("max_trials = 1"));
+    let w = worker(&mut s);
+    let first = attempt_of(&s.acquire(w, 0, 0).unwrap().unwrap());
+    s.report_epoch(&first, epoch(1, 0.5), 1).unwrap();
+    s.report_epoch(&first, epoch(2, 0.6), 2).unwrap();
+    s.expire_leases(TTL_MS + 10);
+    let second = s.acquire(w, 0, TTL_MS + 11).unwrap().unwrap();
+    assert!(s.trials_of(sweep_id).unwrap()[0].history.is_empty());
+    let verdict = s
+        .report_epoch(&attempt_of(&second), epoch(1, 0.7), TTL_MS + 12)
+        .unwrap();
+    assert_eq!(verdict, ReportVerdict::Continue);
+    complete(&mut s, &second, Outcome::Succeeded);
+    let trial = &s.trials_of(sweep_id).unwrap()[0];
+    assert_eq!(trial.history.len(), 1);
+    assert_eq!(trial.objective, Some(0.7));
 }
