@@ -60,7 +60,7 @@ fn main() -> Result<()> {
     let options = Options::parse(std::env::args().skip(1))?;
     for (&num_workers, &num_trials) in options.workers.iter().zip(&options.trials) {
         eprintln!("scheduler bench: {num_workers} workers, {num_trials} trials");
-        let result = run_scenario(num_workers, num_trials)
+        let result = run_scenario(num_workers, num_trials, &options.store)
             .with_context(|| format!("scenario with {num_workers} workers failed"))?;
         println!("{}", result.to_json());
     }
@@ -80,6 +80,8 @@ struct Options {
     /// Trials of each scenario, one per entry of `workers`.
     trials: Vec<u32>,
     floor_commits: usize,
+    /// "embedded", or an etcd URL `etcd://HOST:PORT/PREFIX` to measure the etcd store.
+    store: String,
 }
 
 impl Options {
@@ -87,6 +89,7 @@ impl Options {
         let mut workers = DEFAULT_WORKERS.to_vec();
         let mut trials = None;
         let mut floor_commits = DEFAULT_FLOOR_COMMITS;
+        let mut store = "embedded".to_string();
         let mut args = args;
         while let Some(arg) = args.next() {
             let mut value = || {
@@ -97,11 +100,12 @@ impl Options {
                 "--bench" => {}
                 "--workers" => workers = parse_list(&value()?, "--workers")?,
                 "--trials" => trials = Some(parse_list(&value()?, "--trials")?),
+                "--store" => store = value()?,
                 "--floor-commits" => {
                     floor_commits = value()?.parse().context("invalid --floor-commits")?
                 }
                 _ => bail!(
-                    "unknown argument {arg:?}: expected --workers, --trials or --floor-commits"
+                    "unknown argument {arg:?}: expected --workers, --trials, --store or --floor-commits"
                 ),
             }
         }
@@ -129,6 +133,7 @@ impl Options {
             workers,
             trials,
             floor_commits,
+            store,
         })
     }
 }
@@ -179,7 +184,7 @@ impl StoreUsage {
 /// The embedded store with counters around `write`. Empty batches are not counted because
 /// the embedded store skips them without a transaction.
 struct CountingStore {
-    inner: EmbeddedStore,
+    inner: Box<dyn StateStore>,
     counters: Arc<StoreCounters>,
 }
 
@@ -270,11 +275,39 @@ struct ScenarioResult {
 /// Runs one sweep of `num_trials` trials with `num_workers` simulated workers and checks its
 /// outcome. The coordinator and the workers run on separate tokio runtimes, as they would in
 /// separate processes, but share this machine's cores.
-fn run_scenario(num_workers: usize, num_trials: u32) -> Result<ScenarioResult> {
+/// Opens the state store a scenario measures: the embedded store in `data_dir`, or etcd under
+/// a fresh prefix so that runs do not see each other's records.
+fn open_store(store: &str, data_dir: &std::path::Path) -> Result<Box<dyn StateStore>> {
+    if store == "embedded" {
+        let embedded = EmbeddedStore::open(data_dir).context("failed to open the store")?;
+        return Ok(Box::new(embedded));
+    }
+    let rest = store.strip_prefix("etcd://").with_context(|| {
+        format!("invalid --store {store:?}: expected embedded or etcd://HOST:PORT/PREFIX")
+    })?;
+    let (host, prefix) = rest.split_once('/').unwrap_or((rest, "bench"));
+    let prefix = format!("{prefix}-{}", uuid_like());
+    let etcd = tunefleet_coordinator::store::etcd::EtcdStore::connect(
+        vec![format!("http://{host}")],
+        prefix,
+        tunefleet_coordinator::store::etcd::EtcdOptions::default(),
+    )
+    .context("failed to connect to etcd")?;
+    Ok(Box::new(etcd))
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}")
+}
+
+fn run_scenario(num_workers: usize, num_trials: u32, store_url: &str) -> Result<ScenarioResult> {
     let data_dir = tempfile::tempdir().context("failed to create the data directory")?;
     let counters = Arc::new(StoreCounters::default());
     let store = CountingStore {
-        inner: EmbeddedStore::open(data_dir.path()).context("failed to open the store")?,
+        inner: open_store(store_url, data_dir.path())?,
         counters: Arc::clone(&counters),
     };
     let config = CoordinatorConfig::new(data_dir.path());
@@ -324,7 +357,10 @@ fn run_scenario(num_workers: usize, num_trials: u32) -> Result<ScenarioResult> {
         num_channels,
         store,
     } = verified?;
-    verify_store(data_dir.path(), num_trials)?;
+    // The etcd store was checked through the API; only the embedded file is reopened here.
+    if store_url == "embedded" {
+        verify_store(data_dir.path(), num_trials)?;
+    }
 
     let first = logs.iter().filter_map(|log| log.first_acquire).min();
     let last = logs.iter().filter_map(|log| log.last_complete).max();
