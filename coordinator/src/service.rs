@@ -27,7 +27,7 @@ use crate::summary;
 
 /// The largest gRPC message the coordinator accepts, in bytes (artifact uploads are the largest).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// The longest an `AcquireTrial` call waits for work, in milliseconds.
+/// Maximum time an `AcquireTrial` call waits for work, in milliseconds.
 pub const MAX_ACQUIRE_WAIT_MS: u32 = 30_000;
 const EVENT_CHANNEL_CAPACITY: usize = 4096;
 /// Failed commit ranges remembered for waiters that have not looked yet.

@@ -420,7 +420,7 @@ impl Scheduler {
         Ok(Some(self.assignment(sweep_id, trial_id)))
     }
 
-    /// Records one epoch's metrics and tells the worker whether to go on.
+    /// Records one epoch's metrics and returns whether the worker should go on.
     pub fn report_epoch(
         &mut self,
         attempt: &v1::AttemptRef,

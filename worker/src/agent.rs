@@ -22,7 +22,7 @@ use tunefleet_proto::v1::{self, trainer_event::Event, Outcome};
 const STDERR_TAIL_BYTES: usize = 4096;
 /// How long a slot's `AcquireTrial` call waits for work before asking again, in milliseconds.
 const ACQUIRE_WAIT_MS: u32 = 10_000;
-/// The longest a trainer message may be, in bytes; larger ones mean a corrupt stream.
+/// Maximum size of one trainer message, in bytes; a larger length prefix means a corrupt stream.
 const MAX_TRAINER_MESSAGE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// One unit a trial runs on.
@@ -366,7 +366,7 @@ async fn register(
 }
 
 /// Sends heartbeats for the running attempts and stops the ones the coordinator names. If the
-/// coordinator no longer knows this worker, it registers again under a new id and stops every
+/// coordinator has no record of this worker, it registers again under a new id and stops every
 /// running attempt, since attempts of the old id can no longer report.
 async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
