@@ -1,11 +1,13 @@
 //! Measures what the coordinator costs per trial: N simulated workers drive one random-search
-//! sweep through the real gRPC API and the durable redb store, with no trainer behind them.
+//! sweep through the real gRPC API and a durable state store, with no trainer behind them. The
+//! store is the embedded redb store by default, or etcd with `--store etcd://HOST:PORT/PREFIX`.
 //!
 //! Each simulated worker registers, then loops AcquireTrial -> ReportEpoch (one epoch) ->
 //! CompleteAttempt (succeeded) until no trial is left. The run then checks that the sweep
-//! succeeded with every trial succeeded on exactly one attempt, through the API and in the
-//! store file, and fails loudly otherwise. A bare redb commit and a bare `fdatasync` on the
-//! same disk are timed as well, to show the floor that the store puts under every state change.
+//! succeeded with every trial succeeded on exactly one attempt, through the API and, for the
+//! embedded store, in the store file. It fails loudly otherwise. A bare redb commit and a bare
+//! `fdatasync` on the same disk are timed as well, to show the floor that the embedded store
+//! puts under every state change.
 //!
 //! Every result is one JSON line on stdout, and progress goes to stderr.
 //! `scripts/bench_scheduler` turns the lines into tables.
@@ -13,10 +15,11 @@
 //! ```text
 //! cargo bench -p tunefleet-coordinator --bench scheduler -- \
 //!     [--workers 1,16,256] [--trials 2000,2000,5000] [--floor-commits 500]
+//!     [--store embedded|etcd://HOST:PORT/PREFIX]
 //! ```
 //!
-//! The store lives in a temporary directory under `$TMPDIR` (else `/tmp`), so that directory's
-//! disk is the one measured.
+//! The embedded store lives in a temporary directory under `$TMPDIR` (else `/tmp`), so that
+//! directory's disk is the one measured.
 
 use std::fs::File;
 use std::io::Write;
@@ -105,7 +108,8 @@ impl Options {
                     floor_commits = value()?.parse().context("invalid --floor-commits")?
                 }
                 _ => bail!(
-                    "unknown argument {arg:?}: expected --workers, --trials, --store or --floor-commits"
+                    "unknown argument {arg:?}: expected --workers, --trials, --store or \
+                     --floor-commits"
                 ),
             }
         }
@@ -181,8 +185,8 @@ impl StoreUsage {
     }
 }
 
-/// The embedded store with counters around `write`. Empty batches are not counted because
-/// the embedded store skips them without a transaction.
+/// A state store with counters around `write`. Empty batches are not counted, because both
+/// stores skip them without a transaction.
 struct CountingStore {
     inner: Box<dyn StateStore>,
     counters: Arc<StoreCounters>,
@@ -272,9 +276,6 @@ struct ScenarioResult {
     store: StoreUsage,
 }
 
-/// Runs one sweep of `num_trials` trials with `num_workers` simulated workers and checks its
-/// outcome. The coordinator and the workers run on separate tokio runtimes, as they would in
-/// separate processes, but share this machine's cores.
 /// Opens the state store a scenario measures: the embedded store in `data_dir`, or etcd under
 /// a fresh prefix so that runs do not see each other's records.
 fn open_store(store: &str, data_dir: &std::path::Path) -> Result<Box<dyn StateStore>> {
@@ -286,7 +287,7 @@ fn open_store(store: &str, data_dir: &std::path::Path) -> Result<Box<dyn StateSt
         format!("invalid --store {store:?}: expected embedded or etcd://HOST:PORT/PREFIX")
     })?;
     let (host, prefix) = rest.split_once('/').unwrap_or((rest, "bench"));
-    let prefix = format!("{prefix}-{}", uuid_like());
+    let prefix = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
     let etcd = tunefleet_coordinator::store::etcd::EtcdStore::connect(
         vec![format!("http://{host}")],
         prefix,
@@ -296,13 +297,9 @@ fn open_store(store: &str, data_dir: &std::path::Path) -> Result<Box<dyn StateSt
     Ok(Box::new(etcd))
 }
 
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{nanos:x}")
-}
-
+/// Runs one sweep of `num_trials` trials with `num_workers` simulated workers and checks its
+/// outcome. The coordinator and the workers run on separate tokio runtimes, as they would in
+/// separate processes, but share this machine's cores.
 fn run_scenario(num_workers: usize, num_trials: u32, store_url: &str) -> Result<ScenarioResult> {
     let data_dir = tempfile::tempdir().context("failed to create the data directory")?;
     let counters = Arc::new(StoreCounters::default());

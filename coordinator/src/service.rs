@@ -216,7 +216,7 @@ impl Coordinator {
 
     /// Runs `op` on the state and returns its result once what it changed is durable.
     ///
-    /// Operations apply to memory under the state lock and queue their changes; the first
+    /// Operations apply to memory under the state lock and queue their changes. The first
     /// caller that finds no write in progress writes everything queued in one transaction (a
     /// group commit), so many concurrent requests share one fsync. Events are published only
     /// after their changes are written.

@@ -75,7 +75,7 @@ impl Changes {
     }
 }
 
-/// What the worker must do with an attempt it reported on.
+/// The worker's next step for an attempt it reported on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportVerdict {
     Continue,

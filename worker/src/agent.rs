@@ -34,7 +34,7 @@ pub struct SlotConfig {
     pub num_threads: u32,
 }
 
-/// Which CUDA devices a worker offers.
+/// The CUDA devices a worker offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuSelection {
     /// Every device libtorch sees (none on a host without CUDA).
@@ -434,7 +434,7 @@ async fn slot_loop(shared: Arc<Shared>, slot: SlotConfig, mut shutdown_rx: watch
     }
 }
 
-/// How an attempt's trainer run ended, as the worker saw it.
+/// The end of an attempt's trainer run, as the worker observed it.
 enum RunEnd {
     /// The trainer exited; `result` is set when it wrote one.
     Exited {
@@ -442,7 +442,7 @@ enum RunEnd {
         result: Option<v1::TrainerResult>,
         error: Option<String>,
     },
-    /// The worker stopped the trainer because it was told to.
+    /// The worker stopped the trainer at the coordinator's request or its own shutdown.
     Stopped(String),
     /// The coordinator rejected the attempt as stale; nothing more is reported.
     Abandoned,
