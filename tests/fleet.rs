@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{assert_all_succeeded_once, binary, digits_path, trials, wait_until, Process};
+use support::{
+    assert_all_succeeded_once, assert_succeeded_trials_untouched, assert_sweep_succeeded, binary,
+    digits_path, trials, wait_until, Process,
+};
 
 use tonic::transport::Channel;
 use tunefleet_proto::v1::sweep_service_client::SweepServiceClient;
@@ -261,12 +264,7 @@ async fn killed_worker_trial_retried_elsewhere() {
     fleet.workers.get_mut(&hostname).unwrap().kill();
 
     let sweep = wait_for_end(&fleet, &sweep_id, Duration::from_secs(120)).await;
-    assert_eq!(
-        sweep.status,
-        SweepStatus::Succeeded as i32,
-        "sweep ended: {}",
-        sweep.reason
-    );
+    assert_sweep_succeeded(&sweep);
     let all = trials(&mut client, &sweep_id).await;
     assert_all_succeeded_once(&all, 6);
 
@@ -333,12 +331,7 @@ async fn killed_coordinator_restarts_and_finishes() {
     fleet.start_coordinator().await;
 
     let sweep = wait_for_end(&fleet, &sweep_id, Duration::from_secs(120)).await;
-    assert_eq!(
-        sweep.status,
-        SweepStatus::Succeeded as i32,
-        "sweep ended: {}",
-        sweep.reason
-    );
+    assert_sweep_succeeded(&sweep);
     assert_eq!(sweep.num_trials_created, 6);
     let mut client = fleet.client().await;
     let all = trials(&mut client, &sweep_id).await;
@@ -384,7 +377,7 @@ async fn cancel_then_resume_never_reruns_success() {
             trial.status
         );
     }
-    // The worker stops the trainer by its next heartbeat and no longer holds the attempt.
+    // The worker stops the trainer by its next heartbeat and no longer has a lease on the attempt.
     wait_until("the worker runs nothing", Duration::from_secs(5), || {
         let mut client = client.clone();
         async move {
@@ -404,30 +397,10 @@ async fn cancel_then_resume_never_reruns_success() {
     let output = run_cli(&fleet, &["sweep", "resume", &sweep_id]);
     assert!(output.contains("running"), "{output}");
     let sweep = wait_for_end(&fleet, &sweep_id, Duration::from_secs(120)).await;
-    assert_eq!(
-        sweep.status,
-        SweepStatus::Succeeded as i32,
-        "sweep ended: {}",
-        sweep.reason
-    );
+    assert_sweep_succeeded(&sweep);
     let after = trials(&mut client, &sweep_id).await;
     assert_all_succeeded_once(&after, 3);
-    for earlier in before_resume
-        .iter()
-        .filter(|t| t.status == TrialStatus::Succeeded as i32)
-    {
-        let now = after
-            .iter()
-            .find(|t| t.trial_id == earlier.trial_id)
-            .unwrap();
-        assert_eq!(
-            now.attempts.len(),
-            1,
-            "succeeded trial {} ran again",
-            now.index
-        );
-        assert_eq!(now.objective, earlier.objective);
-    }
+    assert_succeeded_trials_untouched(&before_resume, &after);
     for earlier in before_resume
         .iter()
         .filter(|t| t.status == TrialStatus::Cancelled as i32)
@@ -478,12 +451,7 @@ async fn sigterm_worker_hands_back_trial() {
 
     fleet.start_worker("w2");
     let sweep = wait_for_end(&fleet, &sweep_id, Duration::from_secs(120)).await;
-    assert_eq!(
-        sweep.status,
-        SweepStatus::Succeeded as i32,
-        "sweep ended: {}",
-        sweep.reason
-    );
+    assert_sweep_succeeded(&sweep);
     let all = trials(&mut client, &sweep_id).await;
     assert_all_succeeded_once(&all, 2);
     let retried = all

@@ -1,4 +1,4 @@
-//! What `tunefleet run` shows: live progress on stderr, then the leaderboard and the ensemble
+//! The output of `tunefleet run` and the client verbs: live progress on stderr, then the leaderboard and the ensemble
 //! as text or JSON on stdout.
 
 use std::collections::BTreeMap;

@@ -30,7 +30,7 @@ pub struct RunArgs {
     data_dir: PathBuf,
 
     /// CPU slots, that is trials run at once when no GPU is present [default: CPU cores
-    /// divided by --threads-per-slot]. Ignored when libtorch sees CUDA devices: then each
+    /// divided by --threads-per-slot]. Ignored when libtorch finds CUDA devices: then each
     /// device is one slot.
     #[arg(long)]
     slots: Option<u32>,

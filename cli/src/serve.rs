@@ -1,7 +1,7 @@
 //! `tunefleet coordinator` and `tunefleet worker`: the long-running services of a fleet.
 //!
 //! Settings come from flags, then environment variables (both through clap), then an optional
-//! TOML config file, then built-in defaults; the first that sets a value wins.
+//! TOML config file, then built-in defaults. The first that sets a value wins.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,13 +50,13 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "TUNEFLEET_MAX_ATTEMPTS")]
     max_attempts: Option<u32>,
 
-    /// Where the state lives: "embedded" (a redb file in --data-dir) or
+    /// The state store: "embedded" (a redb file in --data-dir) or
     /// "etcd://HOST:PORT[,HOST:PORT...]/PREFIX" to share it between coordinators, one of which
     /// leads [default: embedded].
     #[arg(long, env = "TUNEFLEET_STORE")]
     store: Option<String>,
 
-    /// Where artifacts live: a directory as "file:///PATH", or "s3://BUCKET/PREFIX" (credentials
+    /// The artifact store: a directory as "file:///PATH", or "s3://BUCKET/PREFIX" (credentials
     /// and endpoint from the AWS_* variables) [default: DATA_DIR/artifacts]. Coordinators
     /// sharing etcd must share this too.
     #[arg(long, env = "TUNEFLEET_ARTIFACTS")]
@@ -134,7 +134,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "TUNEFLEET_COORDINATOR")]
     coordinator: Option<String>,
 
-    /// GPUs to offer: "all" (every CUDA device libtorch sees), "none", or device numbers such
+    /// GPUs to offer: "all" (every CUDA device libtorch finds), "none", or device numbers such
     /// as "0,2" [default: all].
     #[arg(long, env = "TUNEFLEET_GPUS")]
     gpus: Option<String>,

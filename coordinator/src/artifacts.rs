@@ -23,7 +23,7 @@ use url::Url;
 
 use crate::store::StoreError;
 
-/// The longest artifact name accepted, in bytes.
+/// Maximum length of an artifact name, in bytes.
 pub const MAX_ARTIFACT_NAME_LEN: usize = 64;
 
 /// The default limit on one object store request, retries included.
@@ -40,7 +40,7 @@ const RESULT_GRACE: Duration = Duration::from_secs(1);
 const ARTIFACT_URL_FORMS: &str =
     "expected \"\" (the data directory), file:///ABSOLUTE/PATH or s3://BUCKET[/PREFIX]";
 
-/// Where artifacts live; every coordinator of a fleet must reach the same one.
+/// An artifact store. Every coordinator of a fleet must reach the same one.
 pub trait ArtifactStore: Send + Sync {
     /// Stores an artifact's bytes and returns its reference.
     fn put(

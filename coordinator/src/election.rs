@@ -439,7 +439,7 @@ async fn lead_one_term(
         "became the leader; state loaded from etcd"
     );
 
-    // Lead until a keep-alive fails or the lease lapses; then step down at once, because
+    // Lead until a keep-alive fails or the lease lapses. Then step down at once, because
     // another coordinator may be elected as soon as the lease expires.
     let mut last_renewal = Instant::now();
     let outcome = loop {

@@ -305,11 +305,11 @@ impl Coordinator {
     }
 
     fn publish(&self, changes: Changes) {
-        // Only a change to a sweep or trial can make work available; waking waiters on every
+        // Only a change to a sweep or trial can make work available. Waking waiters on every
         // call would make idle `AcquireTrial` calls wake each other in a loop.
         let work_may_be_available = !changes.sweeps.is_empty() || !changes.trials.is_empty();
         for event in changes.events {
-            // Sending fails only when nobody watches, which is fine.
+            // Sending fails only when no watcher is subscribed, which is fine.
             let _ = self.inner.events_tx.send(event);
         }
         if !changes.ended_sweeps.is_empty() {

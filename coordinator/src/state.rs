@@ -2,7 +2,7 @@
 //!
 //! Trial states: pending -> running -> succeeded | failed | cancelled, and running -> pending
 //! when an attempt is lost or handed back and the retry budget allows another attempt. Every
-//! operation records which sweeps and trials it changed and the events it caused; the service
+//! operation records which sweeps and trials it changed and the events it caused. The service
 //! persists those records before it replies, so nothing a client saw is lost on restart.
 
 use std::collections::{BTreeSet, HashMap};
@@ -279,7 +279,7 @@ impl Scheduler {
         })
     }
 
-    /// Creates a sweep from a validated spec. No trial exists until a worker asks for one.
+    /// Creates a sweep from a validated spec. No trial exists until a worker requests one.
     pub fn create_sweep(
         &mut self,
         spec: SweepSpec,

@@ -120,7 +120,7 @@ impl WriteBatch {
     }
 }
 
-/// Where the coordinator keeps its state.
+/// The coordinator's state store.
 pub trait StateStore: Send + Sync {
     /// Reads every record.
     fn load(&self) -> Result<Snapshot, StoreError>;

@@ -150,3 +150,31 @@ pub fn assert_all_succeeded_once(trials: &[v1::Trial], num_planned: usize) {
         );
     }
 }
+
+/// Checks that a sweep ended succeeded, showing its reason otherwise.
+pub fn assert_sweep_succeeded(sweep: &v1::Sweep) {
+    let status = tunefleet_proto::v1::SweepStatus::Succeeded as i32;
+    assert_eq!(sweep.status, status, "sweep ended: {}", sweep.reason);
+}
+
+/// Checks that every trial that had succeeded in `before` kept its result and ran only once.
+pub fn assert_succeeded_trials_untouched(before: &[v1::Trial], after: &[v1::Trial]) {
+    let succeeded = TrialStatus::Succeeded as i32;
+    for earlier in before.iter().filter(|t| t.status == succeeded) {
+        let now = after
+            .iter()
+            .find(|t| t.trial_id == earlier.trial_id)
+            .unwrap();
+        assert_eq!(
+            now.attempts.len(),
+            1,
+            "succeeded trial {} ran again",
+            now.index
+        );
+        assert_eq!(
+            now.objective, earlier.objective,
+            "trial {} changed",
+            now.index
+        );
+    }
+}

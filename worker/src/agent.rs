@@ -37,7 +37,7 @@ pub struct SlotConfig {
 /// The CUDA devices a worker offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuSelection {
-    /// Every device libtorch sees (none on a host without CUDA).
+    /// Every device libtorch finds (none on a host without CUDA).
     All,
     /// No GPU: CPU slots only.
     None,
@@ -469,7 +469,7 @@ async fn run_attempt(shared: &Shared, slot: &SlotConfig, assignment: v1::Assignm
 }
 
 fn trainer_request(slot: &SlotConfig, assignment: &v1::Assignment) -> v1::TrainRequest {
-    // The child sees only its slot's GPU, as device 0.
+    // The child can use only its slot's GPUs, the first as device 0.
     let device = if slot.device.starts_with("cuda:") {
         "cuda:0"
     } else {

@@ -57,7 +57,7 @@ pub struct TrainResult {
     pub test: SplitPredictions,
 }
 
-/// Why a run could not finish.
+/// The reason a run could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("invalid dataset {path}: {detail}")]
