@@ -20,6 +20,8 @@ use crate::search;
 const MAX_NAME_CHARS: usize = 128;
 /// Maximum number of trials in one sweep. It also caps the default `max_trials` of a grid.
 const MAX_TRIALS: u32 = 100_000;
+/// Maximum number of trials of a Sobol sweep: the length of `sobol_burley`'s sequence.
+const MAX_SOBOL_TRIALS: u32 = 1 << 16;
 const DEFAULT_RANDOM_TRIALS: u32 = 10;
 const DEFAULT_EPOCHS: u32 = 10;
 const MAX_EPOCHS: u32 = 10_000;
@@ -41,13 +43,20 @@ const SEARCH_KEYS: &[&str] = &[
     "max_concurrent",
     "max_failed",
     "seed",
+    "tpe",
+];
+const TPE_KEYS: &[&str] = &[
+    "n_startup_trials",
+    "n_ei_candidates",
+    "gamma",
+    "prior_weight",
 ];
 const TASK_KEYS: &[&str] = &["model", "dataset", "epochs", "hyperparameters"];
 const ENSEMBLE_KEYS: &[&str] = &["size", "init_size", "metric"];
 
 const OBJECTIVE_METRICS: &[&str] = &["val_accuracy", "val_loss", "train_loss"];
 const GOALS: &[&str] = &["maximize", "minimize"];
-const METHODS: &[&str] = &["grid", "random"];
+const METHODS: &[&str] = &["grid", "random", "sobol", "tpe"];
 const SELECTION_METRICS: &[&str] = &["accuracy", "loss"];
 
 /// A validated sweep spec. Every key of `docs/spec.md` maps onto one field.
@@ -80,6 +89,8 @@ pub enum Goal {
 pub enum Method {
     Grid,
     Random,
+    Sobol,
+    Tpe,
 }
 
 /// How trials are generated and how many may run or fail.
@@ -92,6 +103,33 @@ pub struct SearchSpec {
     /// The sweep fails once more than this many trials have failed; `None`: no limit.
     pub max_failed: Option<u32>,
     pub seed: u64,
+    /// Settings of the tree-structured Parzen estimator, read when `method` is `Tpe`.
+    pub tpe: TpeSpec,
+}
+
+/// Settings of `search.method = "tpe"`, named as in Optuna's `TPESampler`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TpeSpec {
+    /// Trials drawn at random before the estimator takes over.
+    pub n_startup_trials: u32,
+    /// Candidates drawn from the good trials' density; the best ratio of densities wins.
+    pub n_ei_candidates: u32,
+    /// The fraction of observations counted as good, or `None` for Optuna's default
+    /// `min(ceil(0.1 n), 25)`.
+    pub gamma: Option<f64>,
+    /// Weight of the prior component in each Parzen estimator.
+    pub prior_weight: f64,
+}
+
+impl Default for TpeSpec {
+    fn default() -> Self {
+        Self {
+            n_startup_trials: 10,
+            n_ei_candidates: 24,
+            gamma: None,
+            prior_weight: 1.0,
+        }
+    }
 }
 
 /// One parameter of the search space.
@@ -99,19 +137,57 @@ pub struct SearchSpec {
 pub struct ParameterSpec {
     pub name: String,
     pub domain: Domain,
+    /// The parameter exists in a trial only when every condition holds; empty: always.
+    pub when: Vec<Condition>,
+}
+
+/// A condition on an earlier parameter: it is active and takes one of `values`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub parent: String,
+    /// Values of the parent's domain, as the domain stores them.
+    pub values: Vec<Value>,
 }
 
 /// The values a parameter can take.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Domain {
-    /// An explicit list, each value keeping its TOML type.
+    /// An explicit list, each value keeping its TOML type, drawn with equal probability.
     Values(Vec<Value>),
-    /// Floats drawn uniformly between min and max.
-    Uniform { min: f64, max: f64 },
-    /// Floats whose logarithm is uniform between ln min and ln max, with min above 0.
-    LogUniform { min: f64, max: f64 },
+    /// An explicit list drawn with the given probabilities, which are positive and sum to 1.
+    Weighted {
+        values: Vec<Value>,
+        weights: Vec<f64>,
+    },
+    /// A single value.
+    Constant(Value),
+    /// Floats drawn uniformly between min and max, rounded to a multiple of `q` if set.
+    Uniform { min: f64, max: f64, q: Option<f64> },
+    /// Floats whose logarithm is uniform between ln min and ln max, with min above 0, rounded
+    /// to a multiple of `q` if set.
+    LogUniform { min: f64, max: f64, q: Option<f64> },
+    /// Floats drawn from a normal distribution, clipped to [min, max] and rounded to a
+    /// multiple of `q` if set. An unbounded end is infinite.
+    Normal {
+        mu: f64,
+        sigma: f64,
+        min: f64,
+        max: f64,
+        q: Option<f64>,
+    },
+    /// `exp` of a normal draw with mean `mu` and standard deviation `sigma`, then clipped and
+    /// rounded as in `Normal`.
+    LogNormal {
+        mu: f64,
+        sigma: f64,
+        min: f64,
+        max: f64,
+        q: Option<f64>,
+    },
     /// Ints min, min + step, ... up to and including max when it lies on the step.
     Int { min: i64, max: i64, step: i64 },
+    /// Ints from min to max whose logarithm is about uniform, with min at least 1.
+    LogInt { min: i64, max: i64 },
 }
 
 /// The training task every trial runs.
@@ -216,7 +292,35 @@ fn parse_method(section: &Section) -> Result<Method, SpecError> {
     section.check_keys(SEARCH_KEYS)?;
     Ok(match section.choice("method", METHODS)? {
         Some("grid") => Method::Grid,
+        Some("sobol") => Method::Sobol,
+        Some("tpe") => Method::Tpe,
         _ => Method::Random,
+    })
+}
+
+fn parse_tpe(section: &Section, method: Method) -> Result<TpeSpec, SpecError> {
+    if section.table.is_none() {
+        return Ok(TpeSpec::default());
+    }
+    if method != Method::Tpe {
+        return Err(SpecError(format!(
+            "invalid {}: only search.method = \"tpe\" reads it",
+            section.path
+        )));
+    }
+    section.check_keys(TPE_KEYS)?;
+    let defaults = TpeSpec::default();
+    let gamma = section.float("gamma", "a number > 0 and <= 1", |x| x > 0.0 && x <= 1.0)?;
+    let prior_weight = section.float("prior_weight", "a number > 0", |x| x > 0.0)?;
+    Ok(TpeSpec {
+        n_startup_trials: section
+            .u32("n_startup_trials", 0, MAX_TRIALS)?
+            .unwrap_or(defaults.n_startup_trials),
+        n_ei_candidates: section
+            .u32("n_ei_candidates", 1, 10_000)?
+            .unwrap_or(defaults.n_ei_candidates),
+        gamma,
+        prior_weight: prior_weight.unwrap_or(defaults.prior_weight),
     })
 }
 
@@ -226,9 +330,14 @@ fn parse_search(
     method: Method,
     parameters: &[ParameterSpec],
 ) -> Result<SearchSpec, SpecError> {
-    let max_trials = match section.u32("max_trials", 1, MAX_TRIALS)? {
+    let max_allowed = if method == Method::Sobol {
+        MAX_SOBOL_TRIALS
+    } else {
+        MAX_TRIALS
+    };
+    let max_trials = match section.u32("max_trials", 1, max_allowed)? {
         Some(max_trials) => max_trials,
-        None if method == Method::Random => DEFAULT_RANDOM_TRIALS,
+        None if method != Method::Grid => DEFAULT_RANDOM_TRIALS,
         None => {
             let grid_size = search::grid_size(parameters).unwrap_or(u64::MAX);
             // The grid has at least one point because every domain is non-empty.
@@ -243,6 +352,7 @@ fn parse_search(
         max_failed: section.u32("max_failed", 0, u32::MAX)?,
         // The range check above keeps the seed non-negative.
         seed: seed as u64,
+        tpe: parse_tpe(&section.section("tpe")?, method)?,
     })
 }
 
@@ -427,13 +537,14 @@ mod tests {
             (
                 "unknown method",
                 spec_text("[search]\nmethod = \"bayes\""),
-                "invalid search.method: expected one of \"grid\", \"random\", got \"bayes\"",
+                "invalid search.method: expected one of \"grid\", \"random\", \"sobol\", \
+                 \"tpe\", got \"bayes\"",
             ),
             (
                 "unknown search key",
                 spec_text("[search]\nmax_trial = 5"),
                 "unknown key search.max_trial: expected one of method, max_trials, \
-                 max_concurrent, max_failed, seed",
+                 max_concurrent, max_failed, seed, tpe",
             ),
             (
                 "max_trials zero",
@@ -578,36 +689,37 @@ mod tests {
             (
                 "scalar parameter",
                 spec_text("[parameters]\nlr = 0.01"),
-                "invalid parameters.lr: expected an array of values or a table with a values or \
-                 distribution key, got 0.01 (float), but a fixed value belongs in \
-                 [task.hyperparameters]",
+                "invalid parameters.lr: expected an array of values or a table with a values, \
+                 value or distribution key, got 0.01 (float), but a fixed value belongs in \
+                 [task.hyperparameters] or in { value = ... }",
             ),
             (
                 "empty parameter table",
                 spec_text("[parameters]\nlr = {}"),
-                "invalid parameters.lr: expected an array of values or a table with a values or \
-                 distribution key, got an empty table",
+                "invalid parameters.lr: expected an array of values or a table with a values, \
+                 value or distribution key, got an empty table",
             ),
             (
                 "values and distribution",
                 spec_text("[parameters]\nlr = { values = [0.1], distribution = \"uniform\" }"),
-                "invalid parameters.lr: expected either values or distribution, got both",
+                "invalid parameters.lr: expected one of values, value or distribution, got both \
+                 values and distribution",
             ),
             (
                 "unknown parameter table key",
                 spec_text("[parameters]\nlr = { vals = [0.1] }"),
-                "unknown key parameters.lr.vals: expected one of values, distribution",
+                "unknown key parameters.lr.vals: expected one of values, value, distribution",
             ),
             (
                 "extra key beside values",
                 spec_text("[parameters]\nhidden_size = { values = [64], step = 2 }"),
-                "unknown key parameters.hidden_size.step: expected one of values",
+                "unknown key parameters.hidden_size.step: expected one of values, weights, when",
             ),
             (
                 "unknown distribution",
-                spec_text("[parameters]\nlr = { distribution = \"normal\", min = 0.1, max = 1 }"),
+                spec_text("[parameters]\nlr = { distribution = \"beta\", min = 0.1, max = 1 }"),
                 "invalid parameters.lr.distribution: expected one of \"uniform\", \
-                 \"log_uniform\", \"int\", got \"normal\"",
+                 \"log_uniform\", \"normal\", \"log_normal\", \"int\", got \"beta\"",
             ),
             (
                 "step on uniform",
@@ -615,7 +727,8 @@ mod tests {
                     "[parameters]\n\
                      dropout = { distribution = \"uniform\", min = 0.0, max = 0.5, step = 0.1 }",
                 ),
-                "unknown key parameters.dropout.step: expected one of distribution, min, max",
+                "unknown key parameters.dropout.step: expected one of distribution, min, max, q, \
+                 when",
             ),
             (
                 "missing max",
@@ -671,7 +784,8 @@ mod tests {
                 "int distribution on float",
                 spec_text("[parameters]\nlr = { distribution = \"int\", min = 1, max = 2 }"),
                 "invalid parameters.lr.distribution: \"int\" is only for int hyperparameters and \
-                 \"lr\" is a float, so use distribution = \"uniform\" or \"log_uniform\"",
+                 \"lr\" is a float, so use distribution = \"uniform\", \"log_uniform\", \"normal\" or \
+                 \"log_normal\"",
             ),
             (
                 "uniform distribution on int",
@@ -836,6 +950,7 @@ mod tests {
                 max_concurrent: None,
                 max_failed: None,
                 seed: 0,
+                tpe: TpeSpec::default(),
             }
         );
         assert!(spec.parameters.is_empty());
@@ -911,9 +1026,17 @@ mod tests {
                 Domain::LogUniform {
                     min: 1e-4,
                     max: 1e-1,
+                    q: None,
                 },
             ),
-            ("dropout", Domain::Uniform { min: 0.0, max: 0.5 }),
+            (
+                "dropout",
+                Domain::Uniform {
+                    min: 0.0,
+                    max: 0.5,
+                    q: None,
+                },
+            ),
             (
                 "batch_size",
                 Domain::Int {

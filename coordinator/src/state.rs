@@ -11,11 +11,11 @@ use std::path::Path;
 use tunefleet_proto::v1::{
     self, sweep_event::Kind as EventKind, AttemptStatus, Outcome, SweepStatus, TrialStatus,
 };
-use tunefleet_proto::{params_to_proto, SweepId, TrialId, WorkerId};
+use tunefleet_proto::{params_from_proto, params_to_proto, SweepId, TrialId, WorkerId};
 
 use crate::error::CoordinatorError;
 use crate::search;
-use crate::spec::{Goal, SweepSpec};
+use crate::spec::{Goal, Method, SweepSpec};
 use crate::store::Snapshot;
 
 /// Tunables of the state machine.
@@ -725,9 +725,13 @@ impl Scheduler {
     }
 
     fn create_trial(&mut self, sweep_id: SweepId, now_ms: i64) -> TrialId {
+        let observations = match self.sweeps[&sweep_id].spec.search.method {
+            Method::Tpe => self.observations(sweep_id),
+            Method::Grid | Method::Random | Method::Sobol => Vec::new(),
+        };
         let entry = self.sweeps.get_mut(&sweep_id).expect("picked sweep exists");
         let index = entry.sweep.num_trials_created;
-        let params = search::trial_params(&entry.spec, index)
+        let params = search::trial_params(&entry.spec, index, &observations)
             .expect("the search plans every index below num_trials_planned");
         let trial_id = TrialId::new_random();
         let trial = v1::Trial {
@@ -744,6 +748,30 @@ impl Scheduler {
         self.trials.insert(trial_id, trial);
         self.changes.sweeps.insert(sweep_id);
         trial_id
+    }
+
+    /// Gathers what the search has learnt from a sweep: the parameters and objective value of
+    /// each succeeded trial, in index order. It reads only stored trials, so a restarted
+    /// coordinator gathers the same list.
+    pub fn observations(&self, sweep_id: SweepId) -> Vec<search::Observation> {
+        let Some(entry) = self.sweeps.get(&sweep_id) else {
+            return Vec::new();
+        };
+        let metric = &entry.spec.objective.metric;
+        entry
+            .trial_ids
+            .iter()
+            .map(|id| &self.trials[id])
+            .filter(|trial| trial_status(trial) == TrialStatus::Succeeded)
+            .filter_map(|trial| {
+                let value = final_objective(trial, metric).ok()?;
+                Some(search::Observation {
+                    index: trial.index,
+                    params: params_from_proto(&trial.params).ok()?,
+                    value,
+                })
+            })
+            .collect()
     }
 
     fn assignment(&self, sweep_id: SweepId, trial_id: TrialId) -> v1::Assignment {

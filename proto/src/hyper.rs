@@ -31,6 +31,9 @@ pub struct HyperparameterDef {
     /// The allowed range in words, as error messages print it.
     pub allowed: &'static str,
     pub check: fn(&Value) -> bool,
+    /// The closed interval of allowed values of a number hyperparameter, for clipping draws
+    /// from unbounded distributions; `None` for strings.
+    pub range: Option<(f64, f64)>,
 }
 
 /// A schema default, usable in a `const` table.
@@ -63,6 +66,9 @@ fn int_in(value: &Value, low: i64, high: i64) -> bool {
     matches!(value.as_i64(), Some(i) if (low..=high).contains(&i))
 }
 
+/// The largest float below 1, the upper end of the ranges that exclude 1.
+const BELOW_ONE: f64 = 1.0 - f64::EPSILON / 2.0;
+
 /// Every hyperparameter, in the order `docs/spec.md` lists them.
 pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
     HyperparameterDef {
@@ -72,6 +78,7 @@ pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
         default: DefaultValue::Float(1e-3),
         allowed: "a float > 0 and <= 10",
         check: |v| matches!(v.as_f64(), Some(x) if x > 0.0 && x <= 10.0),
+        range: Some((f64::MIN_POSITIVE, 10.0)),
     },
     HyperparameterDef {
         name: "batch_size",
@@ -80,6 +87,7 @@ pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
         default: DefaultValue::Int(64),
         allowed: "an int from 1 to 65536",
         check: |v| int_in(v, 1, 65536),
+        range: Some((1.0, 65536.0)),
     },
     HyperparameterDef {
         name: "optimizer",
@@ -88,6 +96,7 @@ pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
         default: DefaultValue::Str("adam"),
         allowed: "one of \"sgd\", \"adam\", \"adamw\"",
         check: |v| matches!(v.as_str(), Some(s) if OPTIMIZERS.contains(&s)),
+        range: None,
     },
     HyperparameterDef {
         name: "momentum",
@@ -96,6 +105,7 @@ pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
         default: DefaultValue::Float(0.0),
         allowed: "a float >= 0 and < 1 (read by sgd only)",
         check: |v| float_in(v, 0.0, 1.0, false),
+        range: Some((0.0, BELOW_ONE)),
     },
     HyperparameterDef {
         name: "weight_decay",
@@ -104,6 +114,7 @@ pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
         default: DefaultValue::Float(0.0),
         allowed: "a float >= 0 and <= 1",
         check: |v| float_in(v, 0.0, 1.0, true),
+        range: Some((0.0, 1.0)),
     },
     HyperparameterDef {
         name: "dropout",
@@ -112,6 +123,7 @@ pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
         default: DefaultValue::Float(0.0),
         allowed: "a float >= 0 and < 1",
         check: |v| float_in(v, 0.0, 1.0, false),
+        range: Some((0.0, BELOW_ONE)),
     },
     HyperparameterDef {
         name: "hidden_size",
@@ -120,6 +132,7 @@ pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
         default: DefaultValue::Int(128),
         allowed: "an int from 1 to 65536",
         check: |v| int_in(v, 1, 65536),
+        range: Some((1.0, 65536.0)),
     },
     HyperparameterDef {
         name: "hidden_layers",
@@ -128,6 +141,7 @@ pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
         default: DefaultValue::Int(1),
         allowed: "an int from 0 to 16",
         check: |v| int_in(v, 0, 16),
+        range: Some((0.0, 16.0)),
     },
     HyperparameterDef {
         name: "channels",
@@ -136,6 +150,7 @@ pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
         default: DefaultValue::Int(16),
         allowed: "an int from 1 to 1024",
         check: |v| int_in(v, 1, 1024),
+        range: Some((1.0, 1024.0)),
     },
 ];
 

@@ -1,4 +1,5 @@
-//! The search space: `[parameters]` in its three forms, checked against the trainer's schema.
+//! The search space: `[parameters]` in all its forms, with conditions, checked against the
+//! trainer's schema.
 
 use std::collections::HashMap;
 
@@ -6,12 +7,18 @@ use tunefleet_proto::hyper::{self, HyperparameterDef, Kind};
 use tunefleet_proto::Value;
 
 use super::section::{describe, invalid, mistyped, schema_error, to_value, unknown_key, Section};
-use super::{Domain, Method, ParameterSpec, SpecError};
+use super::{Condition, Domain, Method, ParameterSpec, SpecError};
+use crate::search::same_point;
 
-const VALUES_KEYS: &[&str] = &["values"];
-const FLOAT_DISTRIBUTION_KEYS: &[&str] = &["distribution", "min", "max"];
-const INT_DISTRIBUTION_KEYS: &[&str] = &["distribution", "min", "max", "step"];
-const DISTRIBUTIONS: &[&str] = &["uniform", "log_uniform", "int"];
+const VALUES_KEYS: &[&str] = &["values", "weights", "when"];
+const CONSTANT_KEYS: &[&str] = &["value", "when"];
+const FLOAT_DISTRIBUTION_KEYS: &[&str] = &["distribution", "min", "max", "q", "when"];
+const NORMAL_DISTRIBUTION_KEYS: &[&str] =
+    &["distribution", "mu", "sigma", "min", "max", "q", "when"];
+const INT_DISTRIBUTION_KEYS: &[&str] = &["distribution", "min", "max", "step", "log", "when"];
+const DISTRIBUTIONS: &[&str] = &["uniform", "log_uniform", "normal", "log_normal", "int"];
+/// How far the sum of `weights` may be from 1.
+const WEIGHT_SUM_TOLERANCE: f64 = 1e-6;
 
 pub(super) fn parse_parameters(
     section: &Section,
@@ -21,7 +28,7 @@ pub(super) fn parse_parameters(
     let Some(table) = section.table else {
         return Ok(Vec::new());
     };
-    let mut parameters = Vec::with_capacity(table.len());
+    let mut parameters: Vec<ParameterSpec> = Vec::with_capacity(table.len());
     for (name, raw) in table {
         let path = section.key_path(name);
         let def = hyper::lookup(model, name).map_err(|err| schema_error(&path, err))?;
@@ -29,9 +36,22 @@ pub(super) fn parse_parameters(
         if method == Method::Grid {
             check_finite(&path, name, &domain)?;
         }
+        let when = match raw.get("when") {
+            Some(raw_when) => {
+                parse_when(&format!("{path}.when"), name, raw_when, table, &parameters)?
+            }
+            None => Vec::new(),
+        };
+        if method == Method::Grid && !when.is_empty() {
+            return Err(SpecError(format!(
+                "invalid {path}.when: grid search does not support conditional parameters, so \
+                 set search.method = \"random\", \"sobol\" or \"tpe\""
+            )));
+        }
         parameters.push(ParameterSpec {
             name: name.clone(),
             domain,
+            when,
         });
     }
     Ok(parameters)
@@ -39,9 +59,16 @@ pub(super) fn parse_parameters(
 
 fn check_finite(path: &str, name: &str, domain: &Domain) -> Result<(), SpecError> {
     let distribution = match domain {
-        Domain::Uniform { .. } => "uniform",
+        Domain::Uniform { q: None, .. } => "uniform",
+        Domain::Uniform { .. } => "quantized uniform",
         Domain::LogUniform { .. } => "log_uniform",
-        Domain::Values(_) | Domain::Int { .. } => return Ok(()),
+        Domain::Normal { .. } => "normal",
+        Domain::LogNormal { .. } => "log_normal",
+        Domain::Values(_)
+        | Domain::Weighted { .. }
+        | Domain::Constant(_)
+        | Domain::Int { .. }
+        | Domain::LogInt { .. } => return Ok(()),
     };
     Err(SpecError(format!(
         "invalid {path}: grid search needs a finite domain, but {name:?} has a {distribution} \
@@ -49,14 +76,125 @@ fn check_finite(path: &str, name: &str, domain: &Domain) -> Result<(), SpecError
     )))
 }
 
-/// Reads one parameter in any of its forms: a bare array, `{ values = [...] }` or
-/// `{ distribution = ..., min = ..., max = ... }`.
+/// Reads `when = { parent = [values] }`: each parent must be declared earlier, have a finite
+/// domain and be able to take every listed value. Declaring parents first rules out cycles.
+fn parse_when(
+    path: &str,
+    name: &str,
+    raw: &toml::Value,
+    table: &toml::Table,
+    earlier: &[ParameterSpec],
+) -> Result<Vec<Condition>, SpecError> {
+    let toml::Value::Table(conditions) = raw else {
+        return Err(mistyped(path, "a table of parameter = [values]", raw));
+    };
+    if conditions.is_empty() {
+        return Err(invalid(path, "at least one condition", "an empty table"));
+    }
+    let mut when = Vec::with_capacity(conditions.len());
+    for (parent_name, raw_values) in conditions {
+        let parent_path = format!("{path}.{parent_name}");
+        let parent = find_parent(&parent_path, name, parent_name, table, earlier)?;
+        let items = match raw_values {
+            toml::Value::Array(items) if items.is_empty() => {
+                return Err(invalid(
+                    &parent_path,
+                    "at least one value",
+                    "an empty array",
+                ));
+            }
+            toml::Value::Array(items) => items.as_slice(),
+            single => std::slice::from_ref(single),
+        };
+        let mut values = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let item_path = if matches!(raw_values, toml::Value::Array(_)) {
+                format!("{parent_path}[{i}]")
+            } else {
+                parent_path.clone()
+            };
+            let value = to_value(&item_path, item)?;
+            let Some(member) = domain_member(&parent.domain, &value) else {
+                return Err(SpecError(format!(
+                    "invalid {item_path}: {parent_name:?} never takes {value}, so the condition \
+                     can never hold"
+                )));
+            };
+            values.push(member);
+        }
+        when.push(Condition {
+            parent: parent_name.clone(),
+            values,
+        });
+    }
+    Ok(when)
+}
+
+fn find_parent<'a>(
+    path: &str,
+    name: &str,
+    parent_name: &str,
+    table: &toml::Table,
+    earlier: &'a [ParameterSpec],
+) -> Result<&'a ParameterSpec, SpecError> {
+    if parent_name == name {
+        return Err(SpecError(format!(
+            "invalid {path}: {name:?} cannot depend on itself"
+        )));
+    }
+    let Some(parent) = earlier.iter().find(|p| p.name == parent_name) else {
+        let reason = if table.contains_key(parent_name) {
+            format!("{parent_name:?} is declared after {name:?}, but a condition may only name an earlier parameter")
+        } else {
+            format!("{parent_name:?} is not a search parameter in [parameters]")
+        };
+        return Err(SpecError(format!("invalid {path}: {reason}")));
+    };
+    if !matches!(
+        parent.domain,
+        Domain::Values(_)
+            | Domain::Weighted { .. }
+            | Domain::Constant(_)
+            | Domain::Int { .. }
+            | Domain::LogInt { .. }
+    ) {
+        return Err(SpecError(format!(
+            "invalid {path}: {parent_name:?} has a continuous distribution, but a condition \
+             needs a parameter with listed values or an int distribution"
+        )));
+    }
+    Ok(parent)
+}
+
+/// Returns the domain's own copy of `value` if the domain can produce it, so that `1` matches
+/// a listed `1.0` of a float parameter.
+fn domain_member(domain: &Domain, value: &Value) -> Option<Value> {
+    let listed = |values: &[Value]| values.iter().find(|v| same_point(v, value)).cloned();
+    match domain {
+        Domain::Values(values) | Domain::Weighted { values, .. } => listed(values),
+        Domain::Constant(constant) => listed(std::slice::from_ref(constant)),
+        Domain::Int { min, max, step } => match value {
+            Value::Int(i) if (min..=max).contains(&i) && (i - min) % step == 0 => {
+                Some(Value::Int(*i))
+            }
+            _ => None,
+        },
+        Domain::LogInt { min, max } => match value {
+            Value::Int(i) if (min..=max).contains(&i) => Some(Value::Int(*i)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Reads one parameter in any of its forms: a bare array, `{ values = [...] }`,
+/// `{ value = x }` or `{ distribution = ..., ... }`.
 fn parse_domain(
     path: &str,
     def: &HyperparameterDef,
     raw: &toml::Value,
 ) -> Result<Domain, SpecError> {
-    let expected = "an array of values or a table with a values or distribution key";
+    let expected = "an array of values or a table with a values, value or distribution key";
     let table = match raw {
         toml::Value::Array(items) => return parse_values(path, def, items),
         toml::Value::Table(table) => table,
@@ -64,7 +202,7 @@ fn parse_domain(
             let got = describe(other);
             return Err(SpecError(format!(
                 "invalid {path}: expected {expected}, got {got}, but a fixed value belongs in \
-                 [task.hyperparameters]"
+                 [task.hyperparameters] or in {{ value = ... }}"
             )));
         }
     };
@@ -72,27 +210,88 @@ fn parse_domain(
         path: path.to_string(),
         table: Some(table),
     };
-    match (table.get("values"), table.get("distribution")) {
-        (Some(_), Some(_)) => Err(SpecError(format!(
-            "invalid {path}: expected either values or distribution, got both"
-        ))),
-        (Some(values), None) => {
-            section.check_keys(VALUES_KEYS)?;
-            let values_path = section.key_path("values");
-            match values {
-                toml::Value::Array(items) => parse_values(&values_path, def, items),
-                other => Err(mistyped(&values_path, "an array of values", other)),
-            }
+    let forms: Vec<&str> = ["values", "value", "distribution"]
+        .into_iter()
+        .filter(|key| table.contains_key(*key))
+        .collect();
+    match forms.as_slice() {
+        ["values"] => parse_listed(&section, def),
+        ["value"] => {
+            section.check_keys(CONSTANT_KEYS)?;
+            let value_path = section.key_path("value");
+            let value = to_value(&value_path, &table["value"])?;
+            hyper::check_value(def, &value).map_err(|err| schema_error(&value_path, err))?;
+            Ok(Domain::Constant(value))
         }
-        (None, Some(_)) => parse_distribution(&section, def),
-        (None, None) => match table.keys().next() {
+        [_] => parse_distribution(&section, def),
+        [] => match table.keys().find(|key| *key != "when") {
             Some(key) => Err(unknown_key(
                 &section.key_path(key),
-                &["values", "distribution"],
+                &["values", "value", "distribution"],
             )),
-            None => Err(invalid(path, expected, "an empty table")),
+            None if table.is_empty() => Err(invalid(path, expected, "an empty table")),
+            None => Err(invalid(path, expected, "a table with only when")),
         },
+        [first, second, ..] => Err(SpecError(format!(
+            "invalid {path}: expected one of values, value or distribution, got both {first} \
+             and {second}"
+        ))),
     }
+}
+
+/// Reads `{ values = [...] }` with optional `weights`.
+fn parse_listed(section: &Section, def: &HyperparameterDef) -> Result<Domain, SpecError> {
+    section.check_keys(VALUES_KEYS)?;
+    let values_path = section.key_path("values");
+    let values = match section.get("values") {
+        Some(toml::Value::Array(items)) => parse_values(&values_path, def, items)?,
+        Some(other) => return Err(mistyped(&values_path, "an array of values", other)),
+        None => unreachable!("the caller found a values key"),
+    };
+    let Domain::Values(values) = values else {
+        unreachable!("parse_values returns listed values");
+    };
+    match section.get("weights") {
+        None => Ok(Domain::Values(values)),
+        Some(raw) => {
+            let weights = parse_weights(&section.key_path("weights"), raw, values.len())?;
+            Ok(Domain::Weighted { values, weights })
+        }
+    }
+}
+
+/// Reads the probabilities of listed values: one number > 0 per value, summing to 1.
+fn parse_weights(path: &str, raw: &toml::Value, num_values: usize) -> Result<Vec<f64>, SpecError> {
+    let expected = format!("an array of {num_values} numbers > 0, one per value");
+    let toml::Value::Array(items) = raw else {
+        return Err(mistyped(path, &expected, raw));
+    };
+    if items.len() != num_values {
+        let got = format!("{} numbers", items.len());
+        return Err(invalid(path, &expected, &got));
+    }
+    let mut weights = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let item_path = format!("{path}[{i}]");
+        let weight = match item {
+            toml::Value::Integer(w) => *w as f64,
+            toml::Value::Float(w) => *w,
+            other => return Err(mistyped(&item_path, "a number > 0", other)),
+        };
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(invalid(&item_path, "a number > 0", &format!("{weight:?}")));
+        }
+        weights.push(weight);
+    }
+    let sum: f64 = weights.iter().sum();
+    if (sum - 1.0).abs() > WEIGHT_SUM_TOLERANCE {
+        return Err(invalid(
+            path,
+            &format!("numbers that sum to 1 within {WEIGHT_SUM_TOLERANCE:e}"),
+            &format!("a sum of {sum:?}"),
+        ));
+    }
+    Ok(weights.iter().map(|w| w / sum).collect())
 }
 
 fn parse_values(
@@ -147,14 +346,22 @@ impl PointKey {
 fn parse_distribution(section: &Section, def: &HyperparameterDef) -> Result<Domain, SpecError> {
     let distribution = section.required_choice("distribution", DISTRIBUTIONS)?;
     check_distribution_kind(section, distribution, def)?;
-    if distribution == "int" {
-        return parse_int_distribution(section, def);
+    match distribution {
+        "int" => parse_int_distribution(section, def),
+        "normal" | "log_normal" => parse_normal(section, def, distribution == "log_normal"),
+        _ => parse_uniform(section, def, distribution == "log_uniform"),
     }
+}
 
+fn parse_uniform(
+    section: &Section,
+    def: &HyperparameterDef,
+    log: bool,
+) -> Result<Domain, SpecError> {
     section.check_keys(FLOAT_DISTRIBUTION_KEYS)?;
     let min = float_bound(section, "min", def)?;
     let max = float_bound(section, "max", def)?;
-    if distribution == "log_uniform" && min <= 0.0 {
+    if log && min <= 0.0 {
         let path = section.key_path("min");
         return Err(invalid(
             &path,
@@ -168,11 +375,75 @@ fn parse_distribution(section: &Section, def: &HyperparameterDef) -> Result<Doma
             section.path
         )));
     }
-    Ok(if distribution == "uniform" {
-        Domain::Uniform { min, max }
+    let q = parse_q(section, min, max)?;
+    Ok(if log {
+        Domain::LogUniform { min, max, q }
     } else {
-        Domain::LogUniform { min, max }
+        Domain::Uniform { min, max, q }
     })
+}
+
+/// Reads `mu`, `sigma` and the optional clip bounds `min` and `max`. The clip range is also
+/// narrowed to the hyperparameter's own range.
+fn parse_normal(
+    section: &Section,
+    def: &HyperparameterDef,
+    log: bool,
+) -> Result<Domain, SpecError> {
+    section.check_keys(NORMAL_DISTRIBUTION_KEYS)?;
+    let mu = section
+        .float("mu", "a number", |_| true)?
+        .ok_or_else(|| section.missing("mu", "a number"))?;
+    let sigma = section
+        .float("sigma", "a number > 0", |x| x > 0.0)?
+        .ok_or_else(|| section.missing("sigma", "a number > 0"))?;
+    let (range_min, range_max) = def.range.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+    let min = match section.get("min") {
+        Some(_) => float_bound(section, "min", def)?,
+        None => range_min,
+    };
+    let max = match section.get("max") {
+        Some(_) => float_bound(section, "max", def)?,
+        None => range_max,
+    };
+    if min >= max {
+        return Err(SpecError(format!(
+            "invalid {}: expected min < max, got min = {min:?} and max = {max:?}",
+            section.path
+        )));
+    }
+    let q = parse_q(section, min, max)?;
+    Ok(if log {
+        Domain::LogNormal {
+            mu,
+            sigma,
+            min,
+            max,
+            q,
+        }
+    } else {
+        Domain::Normal {
+            mu,
+            sigma,
+            min,
+            max,
+            q,
+        }
+    })
+}
+
+/// Reads the quantization step `q`, which needs a multiple of itself within [min, max].
+fn parse_q(section: &Section, min: f64, max: f64) -> Result<Option<f64>, SpecError> {
+    let Some(q) = section.float("q", "a number > 0", |x| x > 0.0)? else {
+        return Ok(None);
+    };
+    if crate::search::quantize(min, q, min, max).is_none() {
+        return Err(SpecError(format!(
+            "invalid {}: no multiple of q = {q:?} lies between min = {min:?} and max = {max:?}",
+            section.key_path("q")
+        )));
+    }
+    Ok(Some(q))
 }
 
 /// Rejects a distribution over a hyperparameter of the wrong type: `int` draws only ints, and
@@ -194,7 +465,7 @@ fn check_distribution_kind(
         Kind::Int => ("an int", "use distribution = \"int\" or values = [...]"),
         Kind::Float => (
             "a float",
-            "use distribution = \"uniform\" or \"log_uniform\"",
+            "use distribution = \"uniform\", \"log_uniform\", \"normal\" or \"log_normal\"",
         ),
         Kind::String => ("a string", "use values = [...]"),
     };
@@ -225,14 +496,39 @@ fn parse_int_distribution(section: &Section, def: &HyperparameterDef) -> Result<
     section.check_keys(INT_DISTRIBUTION_KEYS)?;
     let min = int_bound(section, "min", def)?;
     let max = int_bound(section, "max", def)?;
-    let step = section.int("step", 1, i64::MAX)?.unwrap_or(1);
+    let step = section.int("step", 1, i64::MAX)?;
+    let log = match section.get("log") {
+        None => false,
+        Some(toml::Value::Boolean(log)) => *log,
+        Some(other) => return Err(mistyped(&section.key_path("log"), "a bool", other)),
+    };
     if min > max {
         return Err(SpecError(format!(
             "invalid {}: expected min <= max, got min = {min} and max = {max}",
             section.path
         )));
     }
-    Ok(Domain::Int { min, max, step })
+    if !log {
+        let step = step.unwrap_or(1);
+        return Ok(Domain::Int { min, max, step });
+    }
+    if min < 1 {
+        let path = section.key_path("min");
+        return Err(invalid(
+            &path,
+            "an int >= 1 with log = true",
+            &min.to_string(),
+        ));
+    }
+    if let Some(step) = step.filter(|step| *step != 1) {
+        let path = section.key_path("step");
+        return Err(invalid(
+            &path,
+            "1 or no step with log = true",
+            &step.to_string(),
+        ));
+    }
+    Ok(Domain::LogInt { min, max })
 }
 
 fn int_bound(section: &Section, key: &str, def: &HyperparameterDef) -> Result<i64, SpecError> {

@@ -107,6 +107,27 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// Reads a number (a TOML int or float) that `accept` allows; `expected` describes them.
+    pub(super) fn float(
+        &self,
+        key: &str,
+        expected: &str,
+        accept: impl Fn(f64) -> bool,
+    ) -> Result<Option<f64>, SpecError> {
+        let path = self.key_path(key);
+        let x = match self.get(key) {
+            None => return Ok(None),
+            Some(toml::Value::Integer(i)) => *i as f64,
+            Some(toml::Value::Float(x)) => *x,
+            Some(other) => return Err(mistyped(&path, expected, other)),
+        };
+        if x.is_finite() && accept(x) {
+            Ok(Some(x))
+        } else {
+            Err(invalid(&path, expected, &format!("{x:?}")))
+        }
+    }
+
     pub(super) fn u32(&self, key: &str, min: u32, max: u32) -> Result<Option<u32>, SpecError> {
         let value = self.int(key, min.into(), max.into())?;
         // The range check above keeps the value within u32.

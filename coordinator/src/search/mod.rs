@@ -1,19 +1,40 @@
-//! Trial generation: grid and random search, both pure functions of (spec, trial index).
+//! Trial generation: grid, random, Sobol and TPE search.
 //!
-//! Because a trial's parameters depend only on the spec and its index, the search's whole state
-//! is the number of trials created so far, and any number of workers finishing in any order
-//! yields the same list of trials.
+//! Grid, random and Sobol trials are pure functions of (spec, trial index), so their whole
+//! state is the number of trials created so far. A TPE trial also depends on the observations
+//! of the sweep when it is created: the parameters and objective values of the trials that
+//! succeeded by then. Those are stored trials, so a restarted coordinator rebuilds them and goes
+//! on with the same search.
 //!
-//! Grid search decodes the index as a mixed-radix number whose last digit is the last declared
-//! parameter, so the last parameter varies fastest and the product is never built. Random search
-//! draws each trial from its own ChaCha8 stream: the key comes from `search.seed` and the stream
-//! number is the trial index.
+//! Every method draws trial `index` from its own ChaCha8 stream: the key comes from
+//! `search.seed` and the stream number is the trial index. A conditional parameter whose
+//! condition fails is left out of the trial.
 
-use rand::{Rng, SeedableRng};
+mod grid;
+mod random;
+mod sobol;
+mod space;
+mod tpe;
+
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tunefleet_proto::Value;
 
-use crate::spec::{Domain, Method, ParameterSpec, SweepSpec};
+use crate::spec::{Method, SweepSpec};
+
+pub(crate) use self::grid::grid_size;
+pub use self::space::quantize;
+pub(crate) use self::space::same_point;
+
+/// A finished trial as TPE sees it: its parameters and its objective value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The trial's index in the sweep; TPE weighs recent observations more.
+    pub index: u32,
+    pub params: Vec<(String, Value)>,
+    /// The objective value, in the objective's own direction.
+    pub value: f64,
+}
 
 /// Returns how many trials the sweep will create: `max_trials`, or the grid's size if smaller.
 ///
@@ -23,12 +44,12 @@ pub fn planned_trials(spec: &SweepSpec) -> u32 {
     if spec
         .parameters
         .iter()
-        .any(|p| domain_size(&p.domain) == Some(0))
+        .any(|p| grid::domain_size(&p.domain) == Some(0))
     {
         return 0;
     }
     match spec.search.method {
-        Method::Random => spec.search.max_trials,
+        Method::Random | Method::Sobol | Method::Tpe => spec.search.max_trials,
         Method::Grid => {
             let grid_size = grid_size(&spec.parameters).unwrap_or(0);
             // The minimum is at most max_trials, so it fits in u32.
@@ -38,13 +59,21 @@ pub fn planned_trials(spec: &SweepSpec) -> u32 {
 }
 
 /// Returns the parameters of trial `index` in declaration order, or `None` past the plan.
-pub fn trial_params(spec: &SweepSpec, index: u32) -> Option<Vec<(String, Value)>> {
+///
+/// Only TPE reads `observations`, the sweep's succeeded trials; the other methods ignore them.
+pub fn trial_params(
+    spec: &SweepSpec,
+    index: u32,
+    observations: &[Observation],
+) -> Option<Vec<(String, Value)>> {
     if index >= planned_trials(spec) {
         return None;
     }
     let params = match spec.search.method {
-        Method::Grid => grid_point(&spec.parameters, index.into()),
-        Method::Random => random_point(&spec.parameters, spec.search.seed, index),
+        Method::Grid => grid::grid_point(&spec.parameters, index.into()),
+        Method::Random => random::random_point(&spec.parameters, spec.search.seed, index),
+        Method::Sobol => sobol::sobol_point(&spec.parameters, spec.search.seed, index),
+        Method::Tpe => tpe::tpe_point(spec, index, observations),
     };
     Some(params)
 }
@@ -55,112 +84,25 @@ pub fn trial_params(spec: &SweepSpec, index: u32) -> Option<Vec<(String, Value)>
 /// Each step of that generator is a bijection on u64, so two trials of one sweep never share a
 /// training seed.
 pub fn trial_seed(spec: &SweepSpec, index: u32) -> u64 {
+    splitmix64(spec.search.seed, u64::from(index) + 1)
+}
+
+/// Returns output number `steps` of a SplitMix64 generator started at `seed`.
+fn splitmix64(seed: u64, steps: u64) -> u64 {
     // SplitMix64's increment (2^64 divided by the golden ratio, made odd) and its two mixing
     // multipliers.
     const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-    let steps = u64::from(index) + 1;
-    let mut z = spec
-        .search
-        .seed
-        .wrapping_add(steps.wrapping_mul(GOLDEN_GAMMA));
+    let mut z = seed.wrapping_add(steps.wrapping_mul(GOLDEN_GAMMA));
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
 
-/// Returns the number of grid points: the product of the domain sizes, saturating at u64::MAX.
-///
-/// `None` when a parameter has a continuous distribution. No parameters give one empty point.
-pub(crate) fn grid_size(parameters: &[ParameterSpec]) -> Option<u64> {
-    parameters.iter().try_fold(1_u64, |product, parameter| {
-        domain_size(&parameter.domain).map(|size| product.saturating_mul(size))
-    })
-}
-
-/// Returns how many points a grid visits in `domain`, or `None` for a continuous distribution.
-fn domain_size(domain: &Domain) -> Option<u64> {
-    match *domain {
-        Domain::Values(ref values) => Some(values.len() as u64),
-        Domain::Int { min, max, step } => Some(int_count(min, max, step)),
-        Domain::Uniform { .. } | Domain::LogUniform { .. } => None,
-    }
-}
-
-/// Counts min, min + step, ... up to max, saturating at u64::MAX.
-fn int_count(min: i64, max: i64, step: i64) -> u64 {
-    if max < min || step < 1 {
-        return 0;
-    }
-    let count = (i128::from(max) - i128::from(min)) / i128::from(step) + 1;
-    u64::try_from(count).unwrap_or(u64::MAX)
-}
-
-/// Returns the `position`-th point of an int domain. The caller keeps `position` below
-/// `int_count`.
-fn int_at(min: i64, step: i64, position: u64) -> i64 {
-    let value = i128::from(min) + i128::from(position) * i128::from(step);
-    // The value lies between min and max, so it fits in i64.
-    value as i64
-}
-
-/// Decodes grid point `index`, the last parameter varying fastest.
-///
-/// The caller keeps `index` below the grid size, so the digits above the last non-zero one are
-/// zero even when that size saturated.
-fn grid_point(parameters: &[ParameterSpec], index: u64) -> Vec<(String, Value)> {
-    let mut rest = index;
-    let mut point = Vec::with_capacity(parameters.len());
-    for parameter in parameters.iter().rev() {
-        let size = domain_size(&parameter.domain).unwrap_or(1);
-        let digit = rest % size;
-        rest /= size;
-        let value = match &parameter.domain {
-            Domain::Values(values) => values[digit as usize].clone(),
-            Domain::Int { min, step, .. } => Value::Int(int_at(*min, *step, digit)),
-            Domain::Uniform { .. } | Domain::LogUniform { .. } => {
-                unreachable!("planned_trials plans no grid trials over a continuous domain")
-            }
-        };
-        point.push((parameter.name.clone(), value));
-    }
-    point.reverse();
-    point
-}
-
-/// Draws trial `index` from its own stream, one draw sequence per parameter in declaration order.
-fn random_point(parameters: &[ParameterSpec], seed: u64, index: u32) -> Vec<(String, Value)> {
+/// Returns the random stream of trial `index`.
+fn trial_stream(seed: u64, index: u32) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(index.into());
-    parameters
-        .iter()
-        .map(|parameter| (parameter.name.clone(), draw(&parameter.domain, &mut rng)))
-        .collect()
-}
-
-/// Draws one value. The caller has checked that the domain is not empty.
-fn draw(domain: &Domain, rng: &mut ChaCha8Rng) -> Value {
-    match *domain {
-        Domain::Values(ref values) => {
-            let position = rng.random_range(0..values.len() as u64);
-            values[position as usize].clone()
-        }
-        Domain::Uniform { min, max } => Value::Float(uniform(rng, min, max)),
-        Domain::LogUniform { min, max } => {
-            let exponent = uniform(rng, min.ln(), max.ln());
-            // Rounding in exp may step just outside the bounds, which are valid values.
-            Value::Float(exponent.exp().max(min).min(max))
-        }
-        Domain::Int { min, max, step } => {
-            let position = rng.random_range(0..int_count(min, max, step));
-            Value::Int(int_at(min, step, position))
-        }
-    }
-}
-
-/// Returns min + u * (max - min) for u uniform in [0, 1).
-fn uniform(rng: &mut ChaCha8Rng, min: f64, max: f64) -> f64 {
-    let u: f64 = rng.random();
-    min + u * (max - min)
+    rng
 }
 
 #[cfg(test)]
@@ -169,6 +111,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::spec::{Domain, ParameterSpec};
 
     fn parse(rest: &str) -> SweepSpec {
         let text = format!(
@@ -191,7 +134,7 @@ mod tests {
 
     fn all_params(spec: &SweepSpec) -> Vec<Vec<(String, Value)>> {
         (0..planned_trials(spec))
-            .map(|index| trial_params(spec, index).unwrap())
+            .map(|index| trial_params(spec, index, &[]).unwrap())
             .collect()
     }
 
@@ -234,7 +177,7 @@ mod tests {
         .collect();
         assert_eq!(planned_trials(&spec), 6);
         assert_eq!(all_params(&spec), expected);
-        assert_eq!(trial_params(&spec, 6), None);
+        assert_eq!(trial_params(&spec, 6, &[]), None);
     }
 
     #[test]
@@ -257,7 +200,7 @@ mod tests {
              lr = [0.01, 0.03]\nhidden_size = [32, 64]",
         );
         assert_eq!(planned_trials(&spec), 3);
-        assert_eq!(trial_params(&spec, 3), None);
+        assert_eq!(trial_params(&spec, 3, &[]), None);
     }
 
     #[test]
@@ -271,8 +214,8 @@ mod tests {
     fn grid_without_parameters_is_one_empty_point() {
         let spec = parse("[search]\nmethod = \"grid\"");
         assert_eq!(planned_trials(&spec), 1);
-        assert_eq!(trial_params(&spec, 0), Some(Vec::new()));
-        assert_eq!(trial_params(&spec, 1), None);
+        assert_eq!(trial_params(&spec, 0, &[]), Some(Vec::new()));
+        assert_eq!(trial_params(&spec, 1, &[]), None);
     }
 
     #[test]
@@ -284,13 +227,14 @@ mod tests {
             .map(|p| ParameterSpec {
                 name: format!("p{p}"),
                 domain: Domain::Values((0..10).map(Value::Int).collect()),
+                when: Vec::new(),
             })
             .collect();
         spec.search.max_trials = 10_000_000;
         assert_eq!(grid_size(&spec.parameters), Some(10_000_000_000));
         assert_eq!(planned_trials(&spec), 10_000_000);
 
-        let params = trial_params(&spec, 9_876_543).unwrap();
+        let params = trial_params(&spec, 9_876_543, &[]).unwrap();
         let digits: Vec<i64> = params.iter().map(|(_, v)| v.as_i64().unwrap()).collect();
         assert_eq!(digits, [0, 0, 0, 9, 8, 7, 6, 5, 4, 3]);
         assert_eq!(params[3].0, "p3");
@@ -306,6 +250,7 @@ mod tests {
                     max: i64::MAX,
                     step: 1,
                 },
+                when: Vec::new(),
             })
             .collect();
         assert_eq!(grid_size(&parameters), Some(u64::MAX));
@@ -316,17 +261,22 @@ mod tests {
         let mut spec = parse("[search]\nmethod = \"grid\"");
         spec.parameters = vec![ParameterSpec {
             name: "lr".to_string(),
-            domain: Domain::Uniform { min: 0.1, max: 0.2 },
+            domain: Domain::Uniform {
+                min: 0.1,
+                max: 0.2,
+                q: None,
+            },
+            when: Vec::new(),
         }];
         assert_eq!(planned_trials(&spec), 0);
-        assert_eq!(trial_params(&spec, 0), None);
+        assert_eq!(trial_params(&spec, 0, &[]), None);
     }
 
     #[test]
     fn random_plans_max_trials() {
         let spec = random_spec(7);
         assert_eq!(planned_trials(&spec), 50);
-        assert_eq!(trial_params(&spec, 50), None);
+        assert_eq!(trial_params(&spec, 50, &[]), None);
     }
 
     #[test]
@@ -342,16 +292,16 @@ mod tests {
     #[test]
     fn random_trial_ignores_generation_order() {
         let spec = random_spec(7);
-        let first = trial_params(&spec, 7);
+        let first = trial_params(&spec, 7, &[]);
         for index in 0..7 {
-            trial_params(&spec, index);
+            trial_params(&spec, index, &[]);
         }
-        assert_eq!(trial_params(&spec, 7), first);
+        assert_eq!(trial_params(&spec, 7, &[]), first);
     }
 
     #[test]
     fn random_keeps_declaration_order() {
-        let params = trial_params(&random_spec(7), 0).unwrap();
+        let params = trial_params(&random_spec(7), 0, &[]).unwrap();
         let names: Vec<&str> = params.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(
             names,
