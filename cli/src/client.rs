@@ -186,6 +186,9 @@ pub fn read_spec(path: &Path) -> anyhow::Result<(SweepSpec, String, String)> {
     let base_dir = parent
         .canonicalize()
         .with_context(|| format!("failed to resolve the directory of {}", path.display()))?;
+    // The coordinator stores and parses native TOML, so a W&B YAML spec is converted here.
+    let text = tunefleet_coordinator::spec::native_spec_text(path, &text)
+        .with_context(|| format!("invalid spec {}", path.display()))?;
     let spec = SweepSpec::parse(&text, &base_dir)
         .with_context(|| format!("invalid spec {}", path.display()))?;
     Ok((spec, text, base_dir.display().to_string()))

@@ -5,6 +5,7 @@
 
 mod parameters;
 mod section;
+mod wandb;
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,8 @@ use self::parameters::parse_parameters;
 use self::section::{describe, invalid, schema_error, to_value, toml_error, Section};
 use crate::ensemble::SelectionMetric;
 use crate::search;
+
+pub use self::wandb::{wandb_to_table, wandb_to_toml};
 
 /// Maximum length of a sweep name, in characters.
 const MAX_NAME_CHARS: usize = 128;
@@ -30,6 +33,7 @@ const MAX_ENSEMBLE_SIZE: u32 = 1_000;
 
 const TOP_KEYS: &[&str] = &[
     "name",
+    "description",
     "objective",
     "search",
     "parameters",
@@ -50,6 +54,7 @@ const TPE_KEYS: &[&str] = &[
     "n_ei_candidates",
     "gamma",
     "prior_weight",
+    "multivariate",
 ];
 const TASK_KEYS: &[&str] = &["model", "dataset", "epochs", "hyperparameters"];
 const ENSEMBLE_KEYS: &[&str] = &["size", "init_size", "metric"];
@@ -63,6 +68,8 @@ const SELECTION_METRICS: &[&str] = &["accuracy", "loss"];
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepSpec {
     pub name: String,
+    /// Free text about the sweep, kept for people reading it.
+    pub description: Option<String>,
     pub objective: ObjectiveSpec,
     pub search: SearchSpec,
     /// The search space, in the order the spec declares the parameters.
@@ -119,6 +126,8 @@ pub struct TpeSpec {
     pub gamma: Option<f64>,
     /// Weight of the prior component in each Parzen estimator.
     pub prior_weight: f64,
+    /// Whether the unconditional parameters are modelled jointly instead of one by one.
+    pub multivariate: bool,
 }
 
 impl Default for TpeSpec {
@@ -128,6 +137,7 @@ impl Default for TpeSpec {
             n_ei_candidates: 24,
             gamma: None,
             prior_weight: 1.0,
+            multivariate: true,
         }
     }
 }
@@ -229,6 +239,7 @@ impl SweepSpec {
         root.check_keys(TOP_KEYS)?;
 
         let name = parse_name(&root)?;
+        let description = root.string("description", "a string")?.map(str::to_string);
         let objective = parse_objective(&root.section("objective")?)?;
         let search_section = root.section("search")?;
         let method = parse_method(&search_section)?;
@@ -242,12 +253,24 @@ impl SweepSpec {
 
         Ok(SweepSpec {
             name,
+            description,
             objective,
             search,
             parameters,
             task,
             ensemble,
         })
+    }
+}
+
+/// Returns the spec as native TOML: a `.yaml` or `.yml` file is a W&B sweep configuration and is
+/// converted, any other file is already TOML.
+pub fn native_spec_text(path: &Path, text: &str) -> Result<String, SpecError> {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if extension.eq_ignore_ascii_case("yaml") || extension.eq_ignore_ascii_case("yml") {
+        wandb_to_toml(text)
+    } else {
+        Ok(text.to_string())
     }
 }
 
@@ -321,6 +344,9 @@ fn parse_tpe(section: &Section, method: Method) -> Result<TpeSpec, SpecError> {
             .unwrap_or(defaults.n_ei_candidates),
         gamma,
         prior_weight: prior_weight.unwrap_or(defaults.prior_weight),
+        multivariate: section
+            .bool("multivariate")?
+            .unwrap_or(defaults.multivariate),
     })
 }
 
@@ -477,8 +503,8 @@ mod tests {
             (
                 "unknown top-level key",
                 format!("title = \"x\"\n{}", spec_text("")),
-                "unknown key title: expected one of name, objective, search, parameters, task, \
-                 ensemble",
+                "unknown key title: expected one of name, description, objective, search, \
+                 parameters, task, ensemble",
             ),
             (
                 "section not a table",
@@ -900,6 +926,179 @@ mod tests {
                 spec_text("[ensemble]\nsizes = 3"),
                 "unknown key ensemble.sizes: expected one of size, init_size, metric",
             ),
+            (
+                "weights of wrong length",
+                spec_text("[parameters]\noptimizer = { values = [\"sgd\", \"adam\"], weights = [1.0] }"),
+                "invalid parameters.optimizer.weights: expected an array of 2 numbers > 0, one \
+                 per value, got 1 numbers",
+            ),
+            (
+                "weight zero",
+                spec_text(
+                    "[parameters]\noptimizer = { values = [\"sgd\", \"adam\"], weights = [1.0, 0] }",
+                ),
+                "invalid parameters.optimizer.weights[1]: expected a number > 0, got 0.0",
+            ),
+            (
+                "weights not summing to one",
+                spec_text(
+                    "[parameters]\n\
+                     optimizer = { values = [\"sgd\", \"adam\"], weights = [0.5, 0.4] }",
+                ),
+                "invalid parameters.optimizer.weights: expected numbers that sum to 1 within \
+                 1e-6, got a sum of 0.9",
+            ),
+            (
+                "constant outside schema",
+                spec_text("[parameters]\ndropout = { value = 1.5 }"),
+                "parameters.dropout.value: invalid hyperparameter \"dropout\": expected a float \
+                 >= 0 and < 1, got 1.5 (float)",
+            ),
+            (
+                "value and values",
+                spec_text("[parameters]\nlr = { value = 0.1, values = [0.1] }"),
+                "invalid parameters.lr: expected one of values, value or distribution, got both \
+                 values and value",
+            ),
+            (
+                "q without multiple in range",
+                spec_text(
+                    "[parameters]\ndropout = { distribution = \"uniform\", min = 0.1, max = 0.2, \
+                     q = 0.5 }",
+                ),
+                "invalid parameters.dropout.q: no multiple of q = 0.5 lies between min = 0.1 and \
+                 max = 0.2",
+            ),
+            (
+                "q not positive",
+                spec_text(
+                    "[parameters]\ndropout = { distribution = \"uniform\", min = 0.1, max = 0.2, \
+                     q = -1 }",
+                ),
+                "invalid parameters.dropout.q: expected a number > 0, got -1.0",
+            ),
+            (
+                "normal without sigma",
+                spec_text("[parameters]\ndropout = { distribution = \"normal\", mu = 0.2 }"),
+                "missing parameters.dropout.sigma: expected a number > 0",
+            ),
+            (
+                "normal sigma zero",
+                spec_text(
+                    "[parameters]\ndropout = { distribution = \"normal\", mu = 0.2, sigma = 0 }",
+                ),
+                "invalid parameters.dropout.sigma: expected a number > 0, got 0.0",
+            ),
+            (
+                "normal on int",
+                spec_text(
+                    "[parameters]\nbatch_size = { distribution = \"normal\", mu = 32, sigma = 4 }",
+                ),
+                "invalid parameters.batch_size.distribution: \"normal\" is only for float \
+                 hyperparameters and \"batch_size\" is an int, so use distribution = \"int\" or \
+                 values = [...]",
+            ),
+            (
+                "log int below one",
+                spec_text(
+                    "[parameters]\n\
+                     hidden_layers = { distribution = \"int\", min = 0, max = 8, log = true }",
+                ),
+                "invalid parameters.hidden_layers.min: expected an int >= 1 with log = true, got 0",
+            ),
+            (
+                "log int with step",
+                spec_text(
+                    "[parameters]\nhidden_size = { distribution = \"int\", min = 8, max = 512, \
+                     step = 8, log = true }",
+                ),
+                "invalid parameters.hidden_size.step: expected 1 or no step with log = true, got 8",
+            ),
+            (
+                "condition on unknown parameter",
+                spec_text(
+                    "[parameters]\nmomentum = { distribution = \"uniform\", min = 0.5, max = 0.9, \
+                     when = { optimizer = [\"sgd\"] } }",
+                ),
+                "invalid parameters.momentum.when.optimizer: \"optimizer\" is not a search \
+                 parameter in [parameters]",
+            ),
+            (
+                "condition on later parameter",
+                spec_text(
+                    "[parameters]\nmomentum = { distribution = \"uniform\", min = 0.5, max = 0.9, \
+                     when = { optimizer = [\"sgd\"] } }\noptimizer = [\"sgd\", \"adam\"]",
+                ),
+                "invalid parameters.momentum.when.optimizer: \"optimizer\" is declared after \
+                 \"momentum\", but a condition may only name an earlier parameter",
+            ),
+            (
+                "condition on itself",
+                spec_text(
+                    "[parameters]\noptimizer = { values = [\"sgd\", \"adam\"], \
+                     when = { optimizer = [\"sgd\"] } }",
+                ),
+                "invalid parameters.optimizer.when.optimizer: \"optimizer\" cannot depend on itself",
+            ),
+            (
+                "condition value never taken",
+                spec_text(
+                    "[parameters]\noptimizer = [\"sgd\", \"adam\"]\n\
+                     momentum = { distribution = \"uniform\", min = 0.5, max = 0.9, \
+                     when = { optimizer = [\"adamw\"] } }",
+                ),
+                "invalid parameters.momentum.when.optimizer[0]: \"optimizer\" never takes \
+                 \"adamw\", so the condition can never hold",
+            ),
+            (
+                "condition on continuous parameter",
+                spec_text(
+                    "[parameters]\nlr = { distribution = \"log_uniform\", min = 1e-4, max = 1e-1 }\n\
+                     momentum = { distribution = \"uniform\", min = 0.5, max = 0.9, \
+                     when = { lr = [0.01] } }",
+                ),
+                "invalid parameters.momentum.when.lr: \"lr\" has a continuous distribution, but a \
+                 condition needs a parameter with listed values or an int distribution",
+            ),
+            (
+                "empty condition",
+                spec_text(
+                    "[parameters]\nmomentum = { distribution = \"uniform\", min = 0.5, max = 0.9, \
+                     when = {} }",
+                ),
+                "invalid parameters.momentum.when: expected at least one condition, got an empty \
+                 table",
+            ),
+            (
+                "grid over conditional",
+                spec_text(
+                    "[search]\nmethod = \"grid\"\n[parameters]\noptimizer = [\"sgd\", \"adam\"]\n\
+                     momentum = { values = [0.5, 0.9], when = { optimizer = [\"sgd\"] } }",
+                ),
+                "invalid parameters.momentum.when: grid search does not support conditional \
+                 parameters, so set search.method = \"random\", \"sobol\" or \"tpe\"",
+            ),
+            (
+                "tpe options for random",
+                spec_text("[search]\nmethod = \"random\"\n[search.tpe]\nn_startup_trials = 3"),
+                "invalid search.tpe: only search.method = \"tpe\" reads it",
+            ),
+            (
+                "tpe gamma above one",
+                spec_text("[search]\nmethod = \"tpe\"\n[search.tpe]\ngamma = 1.5"),
+                "invalid search.tpe.gamma: expected a number > 0 and <= 1, got 1.5",
+            ),
+            (
+                "tpe unknown key",
+                spec_text("[search]\nmethod = \"tpe\"\n[search.tpe]\ncandidates = 3"),
+                "unknown key search.tpe.candidates: expected one of n_startup_trials, \
+                 n_ei_candidates, gamma, prior_weight, multivariate",
+            ),
+            (
+                "sobol beyond its sequence",
+                spec_text("[search]\nmethod = \"sobol\"\nmax_trials = 70000"),
+                "invalid search.max_trials: expected an int from 1 to 65536, got 70000",
+            ),
         ];
         cases
             .into_iter()
@@ -1063,6 +1262,96 @@ mod tests {
             assert_eq!(parameter.name, name);
             assert_eq!(parameter.domain, domain, "parameter {name}");
         }
+    }
+
+    #[test]
+    fn spec_parses_new_parameter_forms() {
+        let spec = parse_ok(&spec_text(
+            "[search]\nmethod = \"tpe\"\n[search.tpe]\nn_startup_trials = 5\ngamma = 0.2\n\
+             [parameters]\n\
+             optimizer = { values = [\"sgd\", \"adam\"], weights = [0.25, 0.75] }\n\
+             momentum = { distribution = \"uniform\", min = 0.5, max = 0.99, \
+             when = { optimizer = \"sgd\" } }\n\
+             hidden_layers = { value = 2 }\n\
+             dropout = { distribution = \"uniform\", min = 0, max = 0.5, q = 0.05 }\n\
+             weight_decay = { distribution = \"normal\", mu = 0.01, sigma = 0.02 }\n\
+             lr = { distribution = \"log_normal\", mu = -7, sigma = 1.5, max = 0.1 }\n\
+             hidden_size = { distribution = \"int\", min = 16, max = 1024, log = true }",
+        ));
+        let text = |s: &str| Value::String(s.to_string());
+        let expected = [
+            (
+                "optimizer",
+                Domain::Weighted {
+                    values: vec![text("sgd"), text("adam")],
+                    weights: vec![0.25, 0.75],
+                },
+            ),
+            (
+                "momentum",
+                Domain::Uniform {
+                    min: 0.5,
+                    max: 0.99,
+                    q: None,
+                },
+            ),
+            ("hidden_layers", Domain::Constant(Value::Int(2))),
+            (
+                "dropout",
+                Domain::Uniform {
+                    min: 0.0,
+                    max: 0.5,
+                    q: Some(0.05),
+                },
+            ),
+            (
+                "weight_decay",
+                Domain::Normal {
+                    mu: 0.01,
+                    sigma: 0.02,
+                    min: 0.0,
+                    max: 1.0,
+                    q: None,
+                },
+            ),
+            (
+                "lr",
+                Domain::LogNormal {
+                    mu: -7.0,
+                    sigma: 1.5,
+                    min: f64::MIN_POSITIVE,
+                    max: 0.1,
+                    q: None,
+                },
+            ),
+            ("hidden_size", Domain::LogInt { min: 16, max: 1024 }),
+        ];
+        assert_eq!(spec.parameters.len(), expected.len());
+        for (parameter, (name, domain)) in spec.parameters.iter().zip(expected) {
+            assert_eq!(parameter.name, name);
+            assert_eq!(parameter.domain, domain, "parameter {name}");
+        }
+        let momentum = &spec.parameters[1];
+        assert_eq!(
+            momentum.when,
+            [Condition {
+                parent: "optimizer".to_string(),
+                values: vec![text("sgd")],
+            }]
+        );
+        assert_eq!(spec.search.method, Method::Tpe);
+        assert_eq!(spec.search.tpe.n_startup_trials, 5);
+        assert_eq!(spec.search.tpe.gamma, Some(0.2));
+        assert_eq!(spec.search.tpe.n_ei_candidates, 24);
+    }
+
+    #[test]
+    fn condition_value_takes_parent_type() {
+        let spec = parse_ok(&spec_text(
+            "[parameters]\nweight_decay = [0, 1e-4]\n\
+             dropout = { values = [0.1, 0.2], when = { weight_decay = [0.0] } }",
+        ));
+        assert_eq!(spec.parameters[1].when[0].values, [Value::Int(0)]);
     }
 
     #[test]

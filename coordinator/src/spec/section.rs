@@ -107,6 +107,14 @@ impl<'a> Section<'a> {
         }
     }
 
+    pub(super) fn bool(&self, key: &str) -> Result<Option<bool>, SpecError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
+            Some(other) => Err(mistyped(&self.key_path(key), "a bool", other)),
+        }
+    }
+
     /// Reads a number (a TOML int or float) that `accept` allows; `expected` describes them.
     pub(super) fn float(
         &self,
