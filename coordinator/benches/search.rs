@@ -32,6 +32,9 @@ model = "mlp"
 dataset = "unused.npz"
 "#;
 
+/// A test function of a trial's parameters, to be minimised.
+type Objective = fn(&[(String, Value)]) -> f64;
+
 struct Args {
     seeds: u64,
     trials: u32,
@@ -45,7 +48,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let functions: [(&str, Vec<ParameterSpec>, fn(&[(String, Value)]) -> f64); 3] = [
+    let functions: [(&str, Vec<ParameterSpec>, Objective); 3] = [
         ("branin", branin_space(), branin),
         ("hartmann6", hartmann6_space(), hartmann6),
         ("mixed", mixed_space(), mixed),
@@ -157,7 +160,7 @@ fn run(
     method: Method,
     seed: u64,
     space: &[ParameterSpec],
-    objective: fn(&[(String, Value)]) -> f64,
+    objective: Objective,
 ) -> Result<Vec<f64>> {
     let mut spec = SweepSpec::parse(BASE_SPEC, Path::new(".")).context("invalid base spec")?;
     spec.search.method = method;

@@ -394,4 +394,116 @@ mod tests {
         assert_eq!(trial_seed(&spec, 3), trial_seed(&random_spec(7), 3));
         assert_ne!(trial_seed(&spec, 3), trial_seed(&random_spec(8), 3));
     }
+
+    fn conditional_spec(method: &str) -> SweepSpec {
+        parse(&format!(
+            "[search]\nmethod = \"{method}\"\nmax_trials = 400\nseed = 5\n[parameters]\n\
+             optimizer = {{ values = [\"sgd\", \"adam\", \"adamw\"], weights = [0.6, 0.2, 0.2] }}\n\
+             momentum = {{ distribution = \"uniform\", min = 0.5, max = 0.99, q = 0.01, \
+             when = {{ optimizer = [\"sgd\"] }} }}\n\
+             weight_decay = {{ distribution = \"normal\", mu = 0.0, sigma = 0.1 }}\n\
+             lr = {{ distribution = \"log_normal\", mu = -5, sigma = 2, max = 0.5 }}\n\
+             hidden_size = {{ distribution = \"int\", min = 8, max = 1024, log = true }}\n\
+             hidden_layers = {{ value = 3 }}"
+        ))
+    }
+
+    #[test]
+    fn conditional_parameter_only_when_active() {
+        for method in ["random", "sobol"] {
+            let spec = conditional_spec(method);
+            for params in all_params(&spec) {
+                let optimizer = value_of(&params, "optimizer").as_str().unwrap().to_string();
+                let has_momentum = params.iter().any(|(name, _)| name == "momentum");
+                assert_eq!(has_momentum, optimizer == "sgd", "{method}: {params:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn new_distributions_stay_in_domain() {
+        for method in ["random", "sobol"] {
+            let spec = conditional_spec(method);
+            for params in all_params(&spec) {
+                if let Some((_, momentum)) = params.iter().find(|(n, _)| n == "momentum") {
+                    let Value::Float(m) = *momentum else {
+                        panic!("momentum is not a float: {params:?}");
+                    };
+                    assert!((0.5..=0.99).contains(&m), "{method}: momentum {m}");
+                    let hundredths = m * 100.0;
+                    assert!(
+                        (hundredths - hundredths.round()).abs() < 1e-6,
+                        "momentum {m}"
+                    );
+                }
+                let Value::Float(weight_decay) = *value_of(&params, "weight_decay") else {
+                    panic!("weight_decay is not a float: {params:?}");
+                };
+                // The normal draw is clipped to the hyperparameter's range [0, 1].
+                assert!((0.0..=1.0).contains(&weight_decay), "{weight_decay}");
+                let Value::Float(lr) = *value_of(&params, "lr") else {
+                    panic!("lr is not a float: {params:?}");
+                };
+                assert!(lr > 0.0 && lr <= 0.5, "lr {lr}");
+                let Value::Int(hidden_size) = *value_of(&params, "hidden_size") else {
+                    panic!("hidden_size is not an int: {params:?}");
+                };
+                assert!(
+                    (8..=1024).contains(&hidden_size),
+                    "hidden_size {hidden_size}"
+                );
+                assert_eq!(value_of(&params, "hidden_layers"), &Value::Int(3));
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_values_follow_weights() {
+        let spec = conditional_spec("sobol");
+        let trials = all_params(&spec);
+        let sgd = trials
+            .iter()
+            .filter(|params| value_of(params, "optimizer") == &text("sgd"))
+            .count();
+        // 400 stratified points with weight 0.6 give 240 give or take rounding.
+        assert!((236..=244).contains(&sgd), "{sgd} of 400 trials use sgd");
+    }
+
+    #[test]
+    fn normal_clips_at_schema_range() {
+        let spec = conditional_spec("random");
+        let trials = all_params(&spec);
+        let at_zero = trials
+            .iter()
+            .filter(|params| value_of(params, "weight_decay") == &Value::Float(0.0))
+            .count();
+        // Half of N(0, 0.1) lies below the hyperparameter's minimum 0.
+        assert!(
+            (160..=240).contains(&at_zero),
+            "{at_zero} of 400 clipped to 0"
+        );
+    }
+
+    #[test]
+    fn log_int_covers_decades_evenly() {
+        let spec = conditional_spec("sobol");
+        let trials = all_params(&spec);
+        let below_91 = trials
+            .iter()
+            .filter(|params| value_of(params, "hidden_size").as_i64().unwrap() < 91)
+            .count();
+        // ln(90.5 / 7.5) / ln(1024.5 / 7.5) is about half of the log range.
+        assert!(
+            (185..=215).contains(&below_91),
+            "{below_91} of 400 below 91"
+        );
+    }
+
+    #[test]
+    fn sobol_repeats_for_same_seed() {
+        assert_eq!(
+            all_params(&conditional_spec("sobol")),
+            all_params(&conditional_spec("sobol"))
+        );
+    }
 }

@@ -543,3 +543,117 @@ fn retried_trial_starts_fresh_history() {
     assert_eq!(trial.history.len(), 1);
     assert_eq!(trial.objective, Some(0.7));
 }
+
+fn tpe_spec() -> String {
+    r#"
+name = "tpe"
+[objective]
+metric = "val_accuracy"
+[search]
+method = "tpe"
+max_trials = 8
+seed = 11
+[search.tpe]
+n_startup_trials = 2
+[parameters]
+optimizer = ["sgd", "adam"]
+momentum = { distribution = "uniform", min = 0.5, max = 0.9, when = { optimizer = ["sgd"] } }
+lr = { distribution = "log_uniform", min = 1e-4, max = 1e-1 }
+[task]
+model = "mlp"
+dataset = "/data/digits.npz"
+"#
+    .to_string()
+}
+
+fn snapshot_of(scheduler: &Scheduler, sweep_id: SweepId) -> crate::store::Snapshot {
+    crate::store::Snapshot {
+        sweeps: scheduler.sweeps().into_iter().cloned().collect(),
+        trials: scheduler
+            .trials_of(sweep_id)
+            .unwrap()
+            .into_iter()
+            .cloned()
+            .collect(),
+        workers: scheduler.list_workers(0),
+        ensembles: Vec::new(),
+    }
+}
+
+#[test]
+fn observations_list_succeeded_trials() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &tpe_spec());
+    let w = worker(&mut s);
+    let first = s.acquire(w, 0, 0).unwrap().unwrap();
+    let failed = s.acquire(w, 0, 0).unwrap().unwrap();
+    let third = s.acquire(w, 0, 0).unwrap().unwrap();
+    succeed(&mut s, &third, 0.7);
+    complete(&mut s, &failed, Outcome::Failed);
+    succeed(&mut s, &first, 0.9);
+
+    let observations = s.observations(sweep_id);
+    let summary: Vec<(u32, f64)> = observations.iter().map(|o| (o.index, o.value)).collect();
+    assert_eq!(summary, [(0, 0.9), (2, 0.7)]);
+    let stored = tunefleet_proto::params_from_proto(
+        &s.trial(first.attempt.unwrap().trial_id.parse().unwrap())
+            .unwrap()
+            .params,
+    )
+    .unwrap();
+    assert_eq!(observations[0].params, stored);
+}
+
+#[test]
+fn restore_continues_tpe_search() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &tpe_spec());
+    let w = worker(&mut s);
+    for i in 0..4 {
+        let assignment = s.acquire(w, 0, 0).unwrap().unwrap();
+        succeed(&mut s, &assignment, 0.5 + 0.1 * f64::from(i));
+    }
+    let mut restored = Scheduler::restore(
+        SchedulerConfig {
+            lease_ttl_ms: TTL_MS,
+            max_attempts: 2,
+        },
+        snapshot_of(&s, sweep_id),
+        100,
+    )
+    .unwrap();
+    let w2 = worker(&mut restored);
+    for index in 4..8 {
+        let original = s.acquire(w, 0, 100).unwrap().unwrap();
+        let after_restart = restored.acquire(w2, 0, 100).unwrap().unwrap();
+        assert_eq!(original.trial_index, index);
+        assert_eq!(after_restart.trial_index, index);
+        assert_eq!(
+            original.hyperparameters, after_restart.hyperparameters,
+            "trial {index}"
+        );
+        succeed(&mut s, &original, 0.6);
+        succeed(&mut restored, &after_restart, 0.6);
+    }
+}
+
+#[test]
+fn tpe_trials_depend_on_observations() {
+    // Two sweeps with one spec: after the startup trials, different results lead to different
+    // parameters for the same trial index.
+    let mut s = scheduler();
+    let w = worker(&mut s);
+    let mut next_params = Vec::new();
+    for accuracies in [[0.9, 0.1], [0.1, 0.9]] {
+        let sweep_id = create(&mut s, &tpe_spec());
+        for accuracy in accuracies {
+            let assignment = s.acquire(w, 0, 0).unwrap().unwrap();
+            succeed(&mut s, &assignment, accuracy);
+        }
+        let third = s.acquire(w, 0, 0).unwrap().unwrap();
+        assert_eq!(third.sweep_id, sweep_id.to_string());
+        next_params.push(third.hyperparameters);
+        s.cancel_sweep(sweep_id, 1).unwrap();
+    }
+    assert_ne!(next_params[0], next_params[1]);
+}
