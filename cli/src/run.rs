@@ -99,8 +99,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ],
         hostname: "localhost".to_string(),
         labels: Default::default(),
-        // A sweep can end while the worker still stops the trainer of a trial that was pruned
-        // or cancelled at its end; the grace lets the worker confirm that attempt instead of
+        // A sweep can end while the worker is still stopping the trainer of a trial pruned or
+        // cancelled at the end. The grace lets the worker confirm that attempt instead of
         // handing it back. Ctrl-C cancels the sweep first, so nothing else is left running.
         shutdown_grace: SHUTDOWN_GRACE,
     };

@@ -180,10 +180,10 @@ fn running_average(curve: &Curve, epoch: u32) -> f64 {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
-    if values.len() % 2 == 0 {
-        (values[middle - 1] + values[middle]) / 2.0
-    } else {
+    if values.len() % 2 == 1 {
         values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
     }
 }
 

@@ -619,7 +619,7 @@ impl Scheduler {
 
     /// Re-queues an ended sweep's failed and cancelled trials and runs it again. Succeeded and
     /// pruned trials keep their results and never run again, because early stopping already
-    /// judged a pruned trial; trials the search had not created yet are created as usual.
+    /// judged a pruned trial. Trials the search had not created yet are created as usual.
     pub fn resume_sweep(&mut self, sweep_id: SweepId, now_ms: i64) -> Result<(), CoordinatorError> {
         let status = sweep_status(self.sweep(sweep_id)?);
         if status == SweepStatus::Running {

@@ -544,8 +544,8 @@ fn retried_trial_starts_fresh_history() {
     assert_eq!(trial.objective, Some(0.7));
 }
 
-/// A 4-trial grid of 2 epochs, one trial at a time, with ASHA judging at epoch 1: with eta 2,
-/// a trial goes on only if it is the best at epoch 1 of the trials that reached it.
+/// Builds a 4-trial grid of 2 epochs, one trial at a time, with ASHA judging at epoch 1. With
+/// eta 2, a trial goes on only if it is the best at epoch 1 of the trials that reached it.
 fn asha_spec(extra_search: &str) -> String {
     let search = format!("max_concurrent = 1\n{extra_search}");
     format!(
@@ -555,7 +555,7 @@ fn asha_spec(extra_search: &str) -> String {
 }
 
 /// Runs trial 0 to success at 0.9, then starts trial 1 and reports 0.1 at epoch 1, which ASHA
-/// prunes. Returns trial 1's assignment.
+/// prunes. Returns trial 1's assignment and the verdict on that report.
 fn prune_second_trial(s: &mut Scheduler, w: WorkerId) -> (v1::Assignment, ReportVerdict) {
     let first = s.acquire(w, 0, 1).unwrap().unwrap();
     succeed(s, &first, 0.9);
@@ -632,7 +632,7 @@ fn late_completion_of_pruned_trial_is_confirmation() {
     let w = worker(&mut s);
     let (second, _) = prune_second_trial(&mut s, w);
     let attempt = attempt_of(&second);
-    // A resent report gets the same answer, and a heartbeat names the attempt to stop.
+    // A resent report gets the same verdict, and a heartbeat names the attempt to stop.
     let resent = s.report_epoch(&attempt, epoch(1, 0.1), 4).unwrap();
     assert!(matches!(resent, ReportVerdict::Pruned { .. }), "{resent:?}");
     let stop = s.heartbeat(w, std::slice::from_ref(&attempt), 4).unwrap();
