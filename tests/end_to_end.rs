@@ -198,6 +198,67 @@ fn quick_grid_succeeds_with_json() {
     assert_eq!(best["trial_index"], entries[0]["index"], "{report}");
 }
 
+/// Runs a 4-trial ASHA grid of 4 epochs, two trials at a time. With reduction factor 2 the
+/// rungs are epochs 1 and 2, and a rung decides once 2 other trials reached it, so the first two
+/// trials (lr 0.01 and 0.03 with adam) always finish. The last two (lr 1e-5 and 3e-5) start
+/// when one of those ended and barely learn, so each stops at rung 1, or at rung 2 when fewer
+/// than 2 other trials had reported epoch 1 by then.
+#[test]
+fn asha_sweep_prunes_slow_trials() {
+    let dir = TempDir::new().unwrap();
+    let extra = Extra {
+        search: "max_concurrent = 2\n",
+        tables: "[early_stopping]\nmethod = \"asha\"\nreduction_factor = 2\nmin_samples = 2\n",
+    };
+    let lrs = "[0.01, 0.03, 1e-5, 3e-5]";
+    let spec = grid_spec("asha", &digits_path(), lrs, 4, extra);
+    let spec = write_spec(dir.path(), "asha.toml", &spec);
+    let run = run_sweep(
+        &spec,
+        &dir.path().join("store"),
+        &["--json", "--slots", "2"],
+    );
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let report = run.json();
+    let sweep = &report["sweep"];
+    assert_eq!(str_field(sweep, "status"), "succeeded", "{sweep}");
+    assert_eq!(sweep["counts"]["succeeded"], 2, "{sweep}");
+    assert_eq!(sweep["counts"]["pruned"], 2, "{sweep}");
+
+    for index in [0, 1] {
+        let entry = trial(&report, index);
+        assert_eq!(str_field(entry, "status"), "succeeded", "{entry}");
+        assert_eq!(entry["epochs"], 4, "{entry}");
+    }
+    let rungs = [1, 2];
+    for index in [2, 3] {
+        let entry = trial(&report, index);
+        assert_eq!(str_field(entry, "status"), "pruned", "{entry}");
+        let epochs = entry["epochs"].as_u64().unwrap();
+        assert!(rungs.contains(&epochs), "stopped off a rung: {entry}");
+        assert!(
+            str_field(entry, "reason").starts_with(&format!("pruned at epoch {epochs}:")),
+            "{entry}"
+        );
+        assert_eq!(
+            str_field(&entry["attempts"][0], "status"),
+            "pruned",
+            "{entry}"
+        );
+        assert!(entry["test_accuracy"].is_null(), "{entry}");
+    }
+    let spent = sweep["num_trial_epochs"].as_u64().unwrap();
+    let expected: u64 = (0..4)
+        .map(|i| trial(&report, i)["epochs"].as_u64().unwrap())
+        .sum();
+    assert_eq!(spent, expected, "{sweep}");
+    assert!(spent <= 12, "pruning saved no epochs: {sweep}");
+    // The ensemble and its best trial come from the succeeded trials only.
+    let best = report["ensemble"]["best_trial"]["trial_index"].as_u64();
+    assert!(matches!(best, Some(0 | 1)), "{report}");
+    assert_eq!(report["ensemble"]["num_candidates"], 2, "{report}");
+}
+
 #[test]
 fn data_dir_reopens_and_accumulates() {
     let dir = TempDir::new().unwrap();

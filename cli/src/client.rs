@@ -53,14 +53,14 @@ pub enum SweepCommand {
     },
     /// Cancel a sweep: running trials are stopped and end as cancelled.
     Cancel { sweep_id: String },
-    /// Run an ended sweep's failed and cancelled trials again.
+    /// Run an ended sweep's failed and cancelled trials again; succeeded and pruned trials stay.
     Resume { sweep_id: String },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct TrialsArgs {
     sweep_id: String,
-    /// Only trials in this status: pending, running, succeeded, failed or cancelled.
+    /// Only trials in this status: pending, running, succeeded, failed, cancelled or pruned.
     #[arg(long)]
     status: Option<String>,
     /// Order: "objective" (best first) or "index".
@@ -310,8 +310,10 @@ fn parse_status(name: &str) -> anyhow::Result<TrialStatus> {
         "succeeded" => TrialStatus::Succeeded,
         "failed" => TrialStatus::Failed,
         "cancelled" => TrialStatus::Cancelled,
+        "pruned" => TrialStatus::Pruned,
         _ => bail!(
-            "invalid --status {name:?}: expected pending, running, succeeded, failed or cancelled"
+            "invalid --status {name:?}: expected pending, running, succeeded, failed, cancelled \
+             or pruned"
         ),
     })
 }

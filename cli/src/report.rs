@@ -46,7 +46,7 @@ impl Progress {
     pub fn show(&mut self, event: &v1::SweepEvent) {
         if let Some(sweep) = &event.sweep {
             let counts = sweep.counts.unwrap_or_default();
-            self.num_done = counts.succeeded + counts.failed + counts.cancelled;
+            self.num_done = counts.succeeded + counts.failed + counts.cancelled + counts.pruned;
             self.num_planned = sweep.num_trials_planned;
             if let Some(objective) = &sweep.objective {
                 self.objective_metric.clone_from(&objective.metric);
@@ -127,6 +127,8 @@ impl Progress {
                     .objective
                     .map_or("-".to_string(), |v| format!("{v:.4}"))
             ),
+            // The reason starts with "pruned at epoch N".
+            TrialStatus::Pruned => format!("trial {:>3} {}", trial.index, trial.reason),
             _ => format!(
                 "trial {:>3} {}: {}",
                 trial.index,
@@ -181,7 +183,7 @@ impl Progress {
 fn is_terminal(status: TrialStatus) -> bool {
     matches!(
         status,
-        TrialStatus::Succeeded | TrialStatus::Failed | TrialStatus::Cancelled
+        TrialStatus::Succeeded | TrialStatus::Failed | TrialStatus::Cancelled | TrialStatus::Pruned
     )
 }
 
@@ -193,6 +195,7 @@ pub fn status_name(status: TrialStatus) -> &'static str {
         TrialStatus::Succeeded => "succeeded",
         TrialStatus::Failed => "failed",
         TrialStatus::Cancelled => "cancelled",
+        TrialStatus::Pruned => "pruned",
     }
 }
 
@@ -250,8 +253,8 @@ pub fn final_metric(trial: &v1::Trial, name: &str) -> Option<f64> {
         .map(|m| m.value)
 }
 
-/// Orders trials for the leaderboard: succeeded ones by objective, best first, then the rest
-/// by index.
+/// Orders trials for the leaderboard: succeeded ones by objective, best first, then pruned
+/// ones by the objective at their last epoch, then the rest by index.
 pub fn leaderboard_order(report: &RunReport) -> Vec<&v1::Trial> {
     let maximize = report
         .sweep
@@ -259,20 +262,33 @@ pub fn leaderboard_order(report: &RunReport) -> Vec<&v1::Trial> {
         .as_ref()
         .is_none_or(|o| o.goal != Goal::Minimize as i32);
     let mut trials: Vec<&v1::Trial> = report.trials.iter().collect();
-    trials.sort_by(|a, b| match (a.objective, b.objective) {
-        (Some(x), Some(y)) => {
-            let order = if maximize {
-                y.total_cmp(&x)
-            } else {
-                x.total_cmp(&y)
-            };
-            order.then(a.index.cmp(&b.index))
-        }
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => a.index.cmp(&b.index),
+    trials.sort_by(|a, b| {
+        let group = leaderboard_group(a).cmp(&leaderboard_group(b));
+        let by_objective = match (a.objective, b.objective) {
+            (Some(x), Some(y)) if maximize => y.total_cmp(&x),
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        };
+        group.then(by_objective).then(a.index.cmp(&b.index))
     });
     trials
+}
+
+/// Returns 0 for succeeded trials, 1 for pruned ones and 2 for the rest.
+fn leaderboard_group(trial: &v1::Trial) -> u8 {
+    match TrialStatus::try_from(trial.status) {
+        Ok(TrialStatus::Succeeded) => 0,
+        Ok(TrialStatus::Pruned) => 1,
+        _ => 2,
+    }
+}
+
+/// Returns the compute the trials spent: the epochs each trial reported, summed. A retried
+/// trial counts only the epochs of its last attempt, because a new attempt clears the history.
+pub fn num_trial_epochs(trials: &[v1::Trial]) -> usize {
+    trials.iter().map(|trial| trial.history.len()).sum()
 }
 
 /// Renders the leaderboard and the ensemble summary for people.
@@ -288,14 +304,17 @@ pub fn render_text(report: &RunReport) -> String {
     };
     let _ = writeln!(
         out,
-        "\nsweep {} ({}) {} in {:.1} s: {} succeeded, {} failed, {} cancelled",
+        "\nsweep {} ({}) {} in {:.1} s: {} succeeded, {} failed, {} pruned, {} cancelled; \
+         {} trial-epochs",
         sweep.name,
         sweep.sweep_id,
         sweep_status_name(sweep.status),
         report.wall_seconds,
         counts.succeeded,
         counts.failed,
-        counts.cancelled
+        counts.pruned,
+        counts.cancelled,
+        num_trial_epochs(&report.trials)
     );
     if !sweep.reason.is_empty() {
         let _ = writeln!(out, "reason: {}", sweep.reason);
@@ -321,14 +340,16 @@ pub fn render_trials(trials: &[&v1::Trial], objective_metric: &str) -> String {
         objective_metric.to_string(),
         "test_accuracy".to_string(),
         "status".to_string(),
+        "epochs".to_string(),
         "duration".to_string(),
         "parameters".to_string(),
     ]];
     for (rank, trial) in trials.iter().enumerate() {
         let status = TrialStatus::try_from(trial.status).unwrap_or(TrialStatus::Unspecified);
         rows.push(vec![
-            // Only trials with an objective value are ranked.
-            if trial.objective.is_some() {
+            // Only succeeded trials are ranked: a pruned trial's objective is from an early
+            // epoch, so it does not compete with finished ones.
+            if status == TrialStatus::Succeeded && trial.objective.is_some() {
                 (rank + 1).to_string()
             } else {
                 "-".to_string()
@@ -339,6 +360,7 @@ pub fn render_trials(trials: &[&v1::Trial], objective_metric: &str) -> String {
                 .map_or("-".to_string(), |v| format!("{v:.4}")),
             final_metric(trial, "test_accuracy").map_or("-".to_string(), |v| format!("{v:.4}")),
             status_name(status).to_string(),
+            trial.history.len().to_string(),
             format!("{:.1} s", duration_seconds(trial)),
             format_params(&trial.params),
         ]);
@@ -441,6 +463,7 @@ pub fn render_sweeps(sweeps: &[v1::Sweep]) -> String {
         "created".into(),
         "succeeded".into(),
         "failed".into(),
+        "pruned".into(),
         "cancelled".into(),
         "running".into(),
         "pending".into(),
@@ -456,6 +479,7 @@ pub fn render_sweeps(sweeps: &[v1::Sweep]) -> String {
             format_time(sweep.created_at_ms),
             counts.succeeded.to_string(),
             counts.failed.to_string(),
+            counts.pruned.to_string(),
             counts.cancelled.to_string(),
             counts.running.to_string(),
             counts.pending.to_string(),
@@ -642,6 +666,7 @@ pub fn to_json(report: &RunReport) -> serde_json::Value {
         .collect();
     let mut sweep = sweep_json(&report.sweep);
     sweep["wall_seconds"] = json!(report.wall_seconds);
+    sweep["num_trial_epochs"] = json!(num_trial_epochs(&report.trials));
     json!({
         "sweep": sweep,
         "leaderboard": leaderboard,
@@ -668,6 +693,7 @@ pub fn sweep_json(sweep: &v1::Sweep) -> serde_json::Value {
             "succeeded": counts.succeeded,
             "failed": counts.failed,
             "cancelled": counts.cancelled,
+            "pruned": counts.pruned,
         },
         "num_trials_created": sweep.num_trials_created,
         "num_trials_planned": sweep.num_trials_planned,

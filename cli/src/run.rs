@@ -20,6 +20,10 @@ use tunefleet_worker::{plan_slots, GpuSelection, SlotConfig, WorkerConfig};
 use crate::report::{self, Progress, RunReport};
 use crate::{EXIT_CANCELLED, EXIT_FAILED};
 
+/// How long the local worker waits at shutdown for attempts that are still stopping: a trainer
+/// gets its stop at the next epoch report or heartbeat (2 s apart) and is then killed.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The sweep spec (TOML); relative paths in it resolve against its directory.
@@ -95,8 +99,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ],
         hostname: "localhost".to_string(),
         labels: Default::default(),
-        // Ctrl-C cancels the sweep first, so nothing is left to finish at shutdown.
-        shutdown_grace: std::time::Duration::ZERO,
+        // A sweep can end while the worker is still stopping the trainer of a trial pruned or
+        // cancelled at the end. The grace lets the worker confirm that attempt instead of
+        // handing it back. Ctrl-C cancels the sweep first, so nothing else is left running.
+        shutdown_grace: SHUTDOWN_GRACE,
     };
     let num_slots = worker_config.slots.len();
     let (worker_stop_tx, worker_stop_rx) = oneshot::channel::<()>();

@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod election;
 pub mod ensemble;
 pub mod error;
+pub mod pruning;
 pub mod search;
 pub mod service;
 pub mod spec;

@@ -747,11 +747,17 @@ impl WorkerService for Coordinator {
             .await;
         let verdict = verdict.inspect_err(|err| log_rejected("ReportEpoch", attempt, err))?;
         let response = match verdict {
-            ReportVerdict::Continue => v1::ReportEpochResponse {
-                stop: false,
-                reason: String::new(),
+            ReportVerdict::Continue => v1::ReportEpochResponse::default(),
+            ReportVerdict::Stop { reason } => v1::ReportEpochResponse {
+                stop: true,
+                reason,
+                pruned: false,
             },
-            ReportVerdict::Stop { reason } => v1::ReportEpochResponse { stop: true, reason },
+            ReportVerdict::Pruned { reason } => v1::ReportEpochResponse {
+                stop: true,
+                reason,
+                pruned: true,
+            },
         };
         Ok(Response::new(response))
     }

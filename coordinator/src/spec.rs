@@ -3,6 +3,7 @@
 //! `docs/spec.md` documents every key. Each error names the dotted key path, the value found and
 //! what is allowed, so a user can fix the spec without reading this code.
 
+mod early_stopping;
 mod parameters;
 mod section;
 mod wandb;
@@ -12,6 +13,9 @@ use std::path::{Path, PathBuf};
 use tunefleet_proto::hyper;
 use tunefleet_proto::Value;
 
+pub use self::early_stopping::{EarlyStoppingSpec, HalvingRule, MedianRule};
+
+use self::early_stopping::parse_early_stopping;
 use self::parameters::parse_parameters;
 use self::section::{describe, invalid, schema_error, to_value, toml_error, Section};
 use crate::ensemble::SelectionMetric;
@@ -39,6 +43,7 @@ const TOP_KEYS: &[&str] = &[
     "parameters",
     "task",
     "ensemble",
+    "early_stopping",
 ];
 const OBJECTIVE_KEYS: &[&str] = &["metric", "goal"];
 const SEARCH_KEYS: &[&str] = &[
@@ -76,6 +81,8 @@ pub struct SweepSpec {
     pub parameters: Vec<ParameterSpec>,
     pub task: TaskSpec,
     pub ensemble: EnsembleSpec,
+    /// `None`: every trial runs all its epochs.
+    pub early_stopping: Option<EarlyStoppingSpec>,
 }
 
 /// The metric a sweep optimises and its direction.
@@ -250,6 +257,7 @@ impl SweepSpec {
         check_fixed_not_searched(&task.hyperparameters, &parameters)?;
         let search = parse_search(&search_section, method, &parameters)?;
         let ensemble = parse_ensemble(&root.section("ensemble")?, &objective)?;
+        let early_stopping = parse_early_stopping(&root.section("early_stopping")?, task.epochs)?;
 
         Ok(SweepSpec {
             name,
@@ -259,6 +267,7 @@ impl SweepSpec {
             parameters,
             task,
             ensemble,
+            early_stopping,
         })
     }
 }
@@ -504,7 +513,7 @@ mod tests {
                 "unknown top-level key",
                 format!("title = \"x\"\n{}", spec_text("")),
                 "unknown key title: expected one of name, description, objective, search, \
-                 parameters, task, ensemble",
+                 parameters, task, ensemble, early_stopping",
             ),
             (
                 "section not a table",
@@ -1397,6 +1406,14 @@ mod tests {
         let examples = [
             ("digits.toml", include_str!("../../examples/digits.toml")),
             ("quick.toml", include_str!("../../examples/quick.toml")),
+            (
+                "digits-grid.toml",
+                include_str!("../../examples/digits-grid.toml"),
+            ),
+            (
+                "digits-asha.toml",
+                include_str!("../../examples/digits-asha.toml"),
+            ),
         ];
         for (file, text) in examples {
             let parsed = SweepSpec::parse(text, Path::new("examples"));

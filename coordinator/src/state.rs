@@ -1,7 +1,8 @@
 //! The scheduler's state machine: sweeps, trials, attempts and leases, with no I/O.
 //!
-//! Trial states: pending -> running -> succeeded | failed | cancelled, and running -> pending
-//! when an attempt is lost or handed back and the retry budget allows another attempt. Every
+//! Trial states: pending -> running -> succeeded | failed | cancelled | pruned, and running ->
+//! pending when an attempt is lost or handed back and the retry budget allows another attempt.
+//! A trial becomes pruned when early stopping decides on one of its epoch reports. Every
 //! operation records which sweeps and trials it changed and the events it caused. The service
 //! persists those records before it replies, so nothing a client saw is lost on restart.
 
@@ -79,7 +80,14 @@ impl Changes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportVerdict {
     Continue,
-    Stop { reason: String },
+    /// The sweep was cancelled or has ended.
+    Stop {
+        reason: String,
+    },
+    /// Early stopping ended the trial as pruned.
+    Pruned {
+        reason: String,
+    },
 }
 
 /// The in-memory state of every sweep, trial, lease and worker.
@@ -97,7 +105,10 @@ pub struct Scheduler {
 
 enum AttemptCheck {
     Current,
+    /// The trial was cancelled while the attempt ran; the reason is the trial's.
     Cancelled(String),
+    /// Early stopping pruned the trial on this attempt's report; the reason is the trial's.
+    Pruned(String),
 }
 
 fn sweep_status(sweep: &v1::Sweep) -> SweepStatus {
@@ -368,7 +379,9 @@ impl Scheduler {
                     self.leases
                         .insert(trial_id, now_ms + self.config.lease_ttl_ms);
                 }
-                Ok((_, AttemptCheck::Cancelled(_))) | Err(_) => stop.push(attempt.clone()),
+                Ok((_, AttemptCheck::Cancelled(_) | AttemptCheck::Pruned(_))) | Err(_) => {
+                    stop.push(attempt.clone())
+                }
             }
         }
         Ok(stop)
@@ -429,6 +442,7 @@ impl Scheduler {
     ) -> Result<ReportVerdict, CoordinatorError> {
         let trial_id = match self.check_attempt(attempt)? {
             (_, AttemptCheck::Cancelled(reason)) => return Ok(ReportVerdict::Stop { reason }),
+            (_, AttemptCheck::Pruned(reason)) => return Ok(ReportVerdict::Pruned { reason }),
             (trial_id, AttemptCheck::Current) => trial_id,
         };
         let trial = self.trials.get_mut(&trial_id).expect("checked");
@@ -447,6 +461,7 @@ impl Scheduler {
             )));
         }
         tracing::debug!(%trial_id, epoch = metrics.epoch, "epoch reported");
+        let epoch = metrics.epoch;
         trial.history.push(v1::EpochMetrics {
             reported_at_ms: now_ms,
             ..metrics
@@ -454,7 +469,15 @@ impl Scheduler {
         self.leases
             .insert(trial_id, now_ms + self.config.lease_ttl_ms);
         self.touch_trial(trial_id, EventKind::EpochReported);
-        Ok(ReportVerdict::Continue)
+        match self.judge_epoch(trial_id, epoch) {
+            Some(judgement) if judgement.stop => {
+                self.prune(trial_id, &judgement, now_ms);
+                Ok(ReportVerdict::Pruned {
+                    reason: judgement.reason(),
+                })
+            }
+            _ => Ok(ReportVerdict::Continue),
+        }
     }
 
     /// Attaches an uploaded artifact to the attempt's trial, replacing one of the same name.
@@ -477,7 +500,7 @@ impl Scheduler {
         attempt: &v1::AttemptRef,
     ) -> Result<(SweepId, TrialId), CoordinatorError> {
         let (trial_id, check) = self.check_attempt(attempt)?;
-        if let AttemptCheck::Cancelled(reason) = check {
+        if let AttemptCheck::Cancelled(reason) | AttemptCheck::Pruned(reason) = check {
             return Err(CoordinatorError::StaleAttempt {
                 trial_id,
                 attempt: attempt.attempt,
@@ -496,8 +519,9 @@ impl Scheduler {
     ) -> Result<(), CoordinatorError> {
         let attempt_ref = request.attempt.clone().unwrap_or_default();
         let trial_id = match self.check_attempt(&attempt_ref)? {
-            // The trial already ended as cancelled; the worker confirms its child stopped.
-            (_, AttemptCheck::Cancelled(_)) => return Ok(()),
+            // The trial already ended as cancelled or pruned; the worker confirms that its child
+            // stopped, whatever outcome it reports.
+            (_, AttemptCheck::Cancelled(_) | AttemptCheck::Pruned(_)) => return Ok(()),
             (trial_id, AttemptCheck::Current) => trial_id,
         };
         self.leases.remove(&trial_id);
@@ -593,9 +617,9 @@ impl Scheduler {
         }
     }
 
-    /// Re-queues an ended sweep's failed and cancelled trials and runs it again. Succeeded
-    /// trials keep their results and never run again; trials the search had not created yet
-    /// are created as usual.
+    /// Re-queues an ended sweep's failed and cancelled trials and runs it again. Succeeded and
+    /// pruned trials keep their results and never run again, because early stopping already
+    /// judged a pruned trial. Trials the search had not created yet are created as usual.
     pub fn resume_sweep(&mut self, sweep_id: SweepId, now_ms: i64) -> Result<(), CoordinatorError> {
         let status = sweep_status(self.sweep(sweep_id)?);
         if status == SweepStatus::Running {
@@ -824,6 +848,7 @@ impl Scheduler {
             AttemptStatus::Cancelled if trial_status(trial) == TrialStatus::Cancelled => {
                 Ok((trial_id, AttemptCheck::Cancelled(trial.reason.clone())))
             }
+            AttemptStatus::Pruned => Ok((trial_id, AttemptCheck::Pruned(trial.reason.clone()))),
             AttemptStatus::Lost => Err(stale(format!(
                 "it was lost ({}); the trial has {} attempts",
                 record.reason,
@@ -862,6 +887,7 @@ impl Scheduler {
                 TrialStatus::Succeeded => counts.succeeded += 1,
                 TrialStatus::Failed => counts.failed += 1,
                 TrialStatus::Cancelled => counts.cancelled += 1,
+                TrialStatus::Pruned => counts.pruned += 1,
                 TrialStatus::Unspecified => {}
             }
         }
@@ -898,10 +924,15 @@ impl Scheduler {
         let all_created = entry.sweep.num_trials_created >= entry.sweep.num_trials_planned;
         if all_created && counts.pending == 0 && counts.running == 0 {
             if counts.succeeded > 0 {
-                tracing::info!(%sweep_id, succeeded = counts.succeeded, failed = counts.failed, "sweep succeeded");
+                tracing::info!(%sweep_id, succeeded = counts.succeeded, failed = counts.failed, pruned = counts.pruned, "sweep succeeded");
                 self.end_sweep(sweep_id, SweepStatus::Succeeded, "", now_ms);
             } else {
-                let mut reason = format!("no trial succeeded ({} failed)", counts.failed);
+                let mut reason = if counts.pruned > 0 {
+                    let (failed, pruned) = (counts.failed, counts.pruned);
+                    format!("no trial succeeded ({failed} failed, {pruned} pruned)")
+                } else {
+                    format!("no trial succeeded ({} failed)", counts.failed)
+                };
                 if let Some(first) = self.first_failure(sweep_id) {
                     reason.push_str("; first failure: ");
                     reason.push_str(&first);
@@ -980,5 +1011,6 @@ fn final_objective(trial: &v1::Trial, metric: &str) -> Result<f64, String> {
     Ok(found.value)
 }
 
+mod early_stopping;
 #[cfg(test)]
 mod tests;

@@ -599,7 +599,12 @@ async fn report_epoch(
     })
     .await;
     match response {
-        Ok(response) if response.stop => EpochVerdict::Stop(response.reason),
+        Ok(response) if response.stop => {
+            if response.pruned {
+                tracing::info!(trial_id = %attempt.trial_id, attempt = attempt.attempt, reason = %response.reason, "coordinator pruned the trial; stopping the trainer");
+            }
+            EpochVerdict::Stop(response.reason)
+        }
         Ok(_) => EpochVerdict::Continue,
         Err(status) if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) => {
             tracing::warn!(trial_id = %attempt.trial_id, attempt = attempt.attempt, error = %status.message(), "coordinator rejected the attempt; stopping it");

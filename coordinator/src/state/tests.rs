@@ -657,3 +657,182 @@ fn tpe_trials_depend_on_observations() {
     }
     assert_ne!(next_params[0], next_params[1]);
 }
+
+
+/// Builds a 4-trial grid of 2 epochs, one trial at a time, with ASHA judging at epoch 1. With
+/// eta 2, a trial goes on only if it is the best at epoch 1 of the trials that reached it.
+fn asha_spec(extra_search: &str) -> String {
+    let search = format!("max_concurrent = 1\n{extra_search}");
+    format!(
+        "{}\n[early_stopping]\nmethod = \"asha\"\nreduction_factor = 2\nmin_samples = 1\n",
+        grid_spec(&search)
+    )
+}
+
+/// Runs trial 0 to success at 0.9, then starts trial 1 and reports 0.1 at epoch 1, which ASHA
+/// prunes. Returns trial 1's assignment and the verdict on that report.
+fn prune_second_trial(s: &mut Scheduler, w: WorkerId) -> (v1::Assignment, ReportVerdict) {
+    let first = s.acquire(w, 0, 1).unwrap().unwrap();
+    succeed(s, &first, 0.9);
+    let second = s.acquire(w, 0, 2).unwrap().unwrap();
+    let verdict = s
+        .report_epoch(&attempt_of(&second), epoch(1, 0.1), 3)
+        .unwrap();
+    (second, verdict)
+}
+
+#[test]
+fn asha_prunes_worse_trial_at_rung() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &asha_spec(""));
+    let w = worker(&mut s);
+    let (_, verdict) = prune_second_trial(&mut s, w);
+    let ReportVerdict::Pruned { reason } = verdict else {
+        panic!("expected a pruned verdict, got {verdict:?}");
+    };
+    assert_eq!(
+        reason,
+        "pruned at epoch 1: objective 0.100000 is worse than 0.900000 at rung 1 (1 other trials)"
+    );
+    let trial = &s.trials_of(sweep_id).unwrap()[1];
+    assert_eq!(trial.status, TrialStatus::Pruned as i32);
+    assert_eq!(trial.attempts[0].status, AttemptStatus::Pruned as i32);
+    assert_eq!(trial.reason, reason);
+    assert_eq!(trial.objective, Some(0.1));
+    assert_eq!(trial.history.len(), 1);
+    assert_eq!(trial.ended_at_ms, 3);
+}
+
+#[test]
+fn asha_keeps_better_trial() {
+    let mut s = scheduler();
+    create(&mut s, &asha_spec(""));
+    let w = worker(&mut s);
+    let first = s.acquire(w, 0, 1).unwrap().unwrap();
+    succeed(&mut s, &first, 0.5);
+    let second = s.acquire(w, 0, 2).unwrap().unwrap();
+    let verdict = s.report_epoch(&attempt_of(&second), epoch(1, 0.6), 3);
+    assert_eq!(verdict.unwrap(), ReportVerdict::Continue);
+}
+
+#[test]
+fn first_trial_is_never_pruned() {
+    let mut s = scheduler();
+    create(&mut s, &asha_spec(""));
+    let w = worker(&mut s);
+    let first = s.acquire(w, 0, 1).unwrap().unwrap();
+    let verdict = s.report_epoch(&attempt_of(&first), epoch(1, 0.0), 2);
+    assert_eq!(verdict.unwrap(), ReportVerdict::Continue);
+}
+
+#[test]
+fn pruned_trial_frees_slot_at_once() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &asha_spec(""));
+    let w = worker(&mut s);
+    prune_second_trial(&mut s, w);
+    // The worker has not confirmed yet, but max_concurrent = 1 already has room.
+    let counts = s.sweep(sweep_id).unwrap().counts.unwrap();
+    assert_eq!(counts.running, 0);
+    assert_eq!(counts.pruned, 1);
+    assert_eq!(counts.succeeded, 1);
+    let third = s.acquire(w, 0, 4).unwrap();
+    assert_eq!(third.unwrap().trial_index, 2);
+}
+
+#[test]
+fn late_completion_of_pruned_trial_is_confirmation() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &asha_spec(""));
+    let w = worker(&mut s);
+    let (second, _) = prune_second_trial(&mut s, w);
+    let attempt = attempt_of(&second);
+    // A resent report gets the same verdict, and a heartbeat names the attempt to stop.
+    let resent = s.report_epoch(&attempt, epoch(1, 0.1), 4).unwrap();
+    assert!(matches!(resent, ReportVerdict::Pruned { .. }), "{resent:?}");
+    let stop = s.heartbeat(w, std::slice::from_ref(&attempt), 4).unwrap();
+    assert_eq!(stop, vec![attempt.clone()]);
+    complete(&mut s, &second, Outcome::Cancelled);
+    let trial = &s.trials_of(sweep_id).unwrap()[1];
+    assert_eq!(trial.status, TrialStatus::Pruned as i32);
+    assert_eq!(trial.attempts.len(), 1);
+    assert_eq!(trial.attempts[0].status, AttemptStatus::Pruned as i32);
+    assert_eq!(trial.objective, Some(0.1));
+}
+
+#[test]
+fn sweep_with_pruned_trials_succeeds() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &asha_spec("max_failed = 0"));
+    let w = worker(&mut s);
+    prune_second_trial(&mut s, w);
+    for accuracy in [0.2, 0.95] {
+        let next = s.acquire(w, 0, 5).unwrap().unwrap();
+        let attempt = attempt_of(&next);
+        let verdict = s.report_epoch(&attempt, epoch(1, accuracy), 6).unwrap();
+        if verdict == ReportVerdict::Continue {
+            s.report_epoch(&attempt, epoch(2, accuracy), 7).unwrap();
+            complete(&mut s, &next, Outcome::Succeeded);
+        }
+    }
+    assert_eq!(status_of(&s, sweep_id), SweepStatus::Succeeded);
+    assert_eq!(
+        trial_statuses(&s, sweep_id),
+        vec![
+            TrialStatus::Succeeded,
+            TrialStatus::Pruned,
+            TrialStatus::Pruned,
+            TrialStatus::Succeeded
+        ]
+    );
+    let counts = s.sweep(sweep_id).unwrap().counts.unwrap();
+    assert_eq!(counts.pruned, 2);
+    assert_eq!(counts.failed, 0);
+}
+
+#[test]
+fn resume_keeps_pruned_trials() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &asha_spec(""));
+    let w = worker(&mut s);
+    prune_second_trial(&mut s, w);
+    s.cancel_sweep(sweep_id, 10).unwrap();
+    s.resume_sweep(sweep_id, 11).unwrap();
+    assert_eq!(
+        trial_statuses(&s, sweep_id),
+        vec![TrialStatus::Succeeded, TrialStatus::Pruned]
+    );
+    let next = s.acquire(w, 0, 12).unwrap().unwrap();
+    assert_eq!(next.trial_index, 2);
+}
+
+#[test]
+fn restored_scheduler_decides_the_same() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &asha_spec(""));
+    let w = worker(&mut s);
+    let first = s.acquire(w, 0, 1).unwrap().unwrap();
+    succeed(&mut s, &first, 0.9);
+    let second = s.acquire(w, 0, 2).unwrap().unwrap();
+    let snapshot = crate::store::Snapshot {
+        sweeps: s.sweeps().into_iter().cloned().collect(),
+        trials: s
+            .trials_of(sweep_id)
+            .unwrap()
+            .into_iter()
+            .cloned()
+            .collect(),
+        workers: s.list_workers(0),
+        ensembles: Vec::new(),
+    };
+    let config = SchedulerConfig {
+        lease_ttl_ms: TTL_MS,
+        max_attempts: 2,
+    };
+    let mut restored = Scheduler::restore(config, snapshot, 3).unwrap();
+    let attempt = attempt_of(&second);
+    let before = s.report_epoch(&attempt, epoch(1, 0.1), 4).unwrap();
+    let after = restored.report_epoch(&attempt, epoch(1, 0.1), 4).unwrap();
+    assert!(matches!(after, ReportVerdict::Pruned { .. }), "{after:?}");
+    assert_eq!(before, after);
+}
