@@ -134,8 +134,8 @@ impl Default for TpeSpec {
     fn default() -> Self {
         Self {
             n_startup_trials: 10,
-            // Optuna's default is 24. 48 found a better median best value on all three
-            // functions of the search bench (100 seeds, docs/benchmarks.md).
+            // Optuna's default is 24. With 48 the search bench's median best value was lower
+            // on all three functions (100 seeds), each gap within one standard error.
             n_ei_candidates: 48,
             gamma: None,
             prior_weight: 1.0,
