@@ -291,6 +291,56 @@ fn data_dir_reopens_and_accumulates() {
 }
 
 #[test]
+fn wandb_yaml_spec_runs_tpe_sweep() {
+    let dir = TempDir::new().unwrap();
+    let yaml = format!(
+        "name: yaml-tpe\nmethod: bayes\nrun_cap: 3\nmetric:\n  name: val_accuracy\n\
+         parameters:\n  optimizer:\n    values: [adam, sgd]\n  momentum:\n    min: 0.5\n\
+         \x20   max: 0.9\n    when:\n      optimizer: [sgd]\n  lr:\n\
+         \x20   distribution: log_uniform_values\n    min: 0.01\n    max: 0.1\n\
+         search:\n  max_concurrent: 1\n  tpe:\n    n_startup_trials: 2\n\
+         task:\n  model: mlp\n  dataset: {}\n  epochs: 1\n",
+        digits_path().display()
+    );
+    let spec = write_spec(dir.path(), "sweep.yaml", &yaml);
+
+    let run = run_sweep(&spec, &dir.path().join("store"), &["--json"]);
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let report = run.json();
+    let sweep = &report["sweep"];
+    assert_eq!(str_field(sweep, "status"), "succeeded", "{sweep}");
+    assert_eq!(sweep["counts"]["succeeded"], 3, "{sweep}");
+    for entry in leaderboard(&report) {
+        let params = &entry["params"];
+        let lr = params["lr"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("lr missing: {entry}"));
+        assert!((0.01..=0.1).contains(&lr), "{entry}");
+        let sgd = params["optimizer"] == "sgd";
+        assert_eq!(params["momentum"].is_f64(), sgd, "{entry}");
+    }
+}
+
+#[test]
+fn wandb_yaml_with_program_exits_2() {
+    let dir = TempDir::new().unwrap();
+    let yaml = format!(
+        "name: yaml\nprogram: train.py\nmetric:\n  name: val_accuracy\n\
+         task:\n  model: mlp\n  dataset: {}\n",
+        digits_path().display()
+    );
+    let spec = write_spec(dir.path(), "sweep.yml", &yaml);
+
+    let run = run_sweep(&spec, &dir.path().join("store"), &[]);
+    assert_eq!(run.code, Some(EXIT_ERROR), "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("unsupported key program"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn invalid_spec_value_exits_2() {
     let dir = TempDir::new().unwrap();
     let extra = Extra {

@@ -141,7 +141,9 @@ impl Default for TpeSpec {
     fn default() -> Self {
         Self {
             n_startup_trials: 10,
-            n_ei_candidates: 24,
+            // Optuna's default is 24. With 48 the search bench's median best value was lower
+            // on all three functions (100 seeds), each gap within one standard error.
+            n_ei_candidates: 48,
             gamma: None,
             prior_weight: 1.0,
             multivariate: true,
@@ -1351,7 +1353,7 @@ mod tests {
         assert_eq!(spec.search.method, Method::Tpe);
         assert_eq!(spec.search.tpe.n_startup_trials, 5);
         assert_eq!(spec.search.tpe.gamma, Some(0.2));
-        assert_eq!(spec.search.tpe.n_ei_candidates, 24);
+        assert_eq!(spec.search.tpe.n_ei_candidates, 48);
     }
 
     #[test]

@@ -286,6 +286,41 @@ mod tests {
     }
 
     #[test]
+    fn range_ends_are_allowed_values() {
+        for def in HYPERPARAMETERS {
+            let Some((low, high)) = def.range else {
+                assert_eq!(def.kind, Kind::String, "{} has no range", def.name);
+                continue;
+            };
+            for end in [low, high] {
+                let value = match def.kind {
+                    Kind::Int => Value::Int(end as i64),
+                    _ => Value::Float(end),
+                };
+                assert!(
+                    check_value(def, &value).is_ok(),
+                    "{} rejects {end}",
+                    def.name
+                );
+            }
+            let below = Value::Float(low - low.abs().max(1.0) * f64::EPSILON * 4.0);
+            let above = Value::Float(high + high.abs().max(1.0) * f64::EPSILON * 4.0);
+            if def.kind == Kind::Float {
+                assert!(
+                    check_value(def, &below).is_err(),
+                    "{} accepts {below}",
+                    def.name
+                );
+                assert!(
+                    check_value(def, &above).is_err(),
+                    "{} accepts {above}",
+                    def.name
+                );
+            }
+        }
+    }
+
+    #[test]
     fn config_fills_defaults() {
         let config = TrainConfig::from_params("mlp", &[]).unwrap();
         assert_eq!(config.lr, 1e-3);
