@@ -187,6 +187,7 @@ fn run(
             index,
             params,
             value,
+            pruned_at_epoch: None,
         });
         if args.budgets.contains(&(index + 1)) {
             bests.push(best);

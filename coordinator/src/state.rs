@@ -775,7 +775,7 @@ impl Scheduler {
     }
 
     /// Gathers what the search has learnt from a sweep: the parameters and objective value of
-    /// each succeeded trial, in index order. It reads only stored trials, so a restarted
+    /// each succeeded or pruned trial, in index order. It reads only stored trials, so a restarted
     /// coordinator gathers the same list.
     pub fn observations(&self, sweep_id: SweepId) -> Vec<search::Observation> {
         let Some(entry) = self.sweeps.get(&sweep_id) else {
@@ -786,13 +786,17 @@ impl Scheduler {
             .trial_ids
             .iter()
             .map(|id| &self.trials[id])
-            .filter(|trial| trial_status(trial) == TrialStatus::Succeeded)
             .filter_map(|trial| {
-                let value = final_objective(trial, metric).ok()?;
+                let (value, pruned_at_epoch) = match trial_status(trial) {
+                    TrialStatus::Succeeded => (final_objective(trial, metric).ok()?, None),
+                    TrialStatus::Pruned => (trial.objective?, Some(trial.history.last()?.epoch)),
+                    _ => return None,
+                };
                 Some(search::Observation {
                     index: trial.index,
                     params: params_from_proto(&trial.params).ok()?,
                     value,
+                    pruned_at_epoch,
                 })
             })
             .collect()

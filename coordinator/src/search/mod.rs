@@ -32,8 +32,11 @@ pub struct Observation {
     /// The trial's index in the sweep; TPE weighs recent observations more.
     pub index: u32,
     pub params: Vec<(String, Value)>,
-    /// The objective value, in the objective's own direction.
+    /// The objective value, in the objective's own direction: the final value of a succeeded
+    /// trial, or the last reported value of a pruned one.
     pub value: f64,
+    /// The last epoch a pruned trial reported, or `None` for a trial that ran to the end.
+    pub pruned_at_epoch: Option<u32>,
 }
 
 /// Returns how many trials the sweep will create: `max_trials`, or the grid's size if smaller.

@@ -83,14 +83,20 @@ fn split<'a>(
     };
     let num_below = num_below.clamp(1, n);
     let mut ranked: Vec<&Observation> = observations.iter().collect();
+    // As in Optuna, every trial that ran to the end ranks above every pruned trial, and a trial
+    // pruned later ranks above one pruned earlier; values break the ties within each group.
     ranked.sort_by(|a, b| {
+        let depth = |o: &Observation| o.pruned_at_epoch.map_or(u64::MAX, u64::from);
         let order = a.value.total_cmp(&b.value);
         let order = if goal == Goal::Maximize {
             order.reverse()
         } else {
             order
         };
-        order.then(a.index.cmp(&b.index))
+        depth(b)
+            .cmp(&depth(a))
+            .then(order)
+            .then(a.index.cmp(&b.index))
     });
     let mut above = ranked.split_off(num_below);
     let mut below = ranked;
@@ -613,6 +619,7 @@ mod tests {
                 index,
                 params,
                 value,
+                pruned_at_epoch: None,
             });
         }
         observations
@@ -839,12 +846,40 @@ mod tests {
     }
 
     #[test]
+    fn split_ranks_pruned_trials_last() {
+        let observation = |index, value, pruned_at_epoch| Observation {
+            index,
+            params: Vec::new(),
+            value,
+            pruned_at_epoch,
+        };
+        // Pruned trials with better values than every finished one still rank below them.
+        let observations = vec![
+            observation(0, 0.5, None),
+            observation(1, 0.9, Some(3)),
+            observation(2, 0.6, None),
+            observation(3, 0.95, Some(1)),
+            observation(4, 0.7, Some(3)),
+        ];
+        let options = TpeSpec {
+            gamma: Some(0.6),
+            ..TpeSpec::default()
+        };
+        let (below, above) = split(&observations, Goal::Maximize, &options);
+        let below: Vec<u32> = below.iter().map(|o| o.index).collect();
+        let above: Vec<u32> = above.iter().map(|o| o.index).collect();
+        assert_eq!(below, vec![0, 1, 2]);
+        assert_eq!(above, vec![3, 4]);
+    }
+
+    #[test]
     fn split_counts_default_gamma() {
         let observations: Vec<Observation> = (0..40)
             .map(|index| Observation {
                 index,
                 params: Vec::new(),
                 value: f64::from(index),
+                pruned_at_epoch: None,
             })
             .collect();
         let (below, above) = split(&observations, Goal::Minimize, &TpeSpec::default());

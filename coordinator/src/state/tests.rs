@@ -658,7 +658,6 @@ fn tpe_trials_depend_on_observations() {
     assert_ne!(next_params[0], next_params[1]);
 }
 
-
 /// Builds a 4-trial grid of 2 epochs, one trial at a time, with ASHA judging at epoch 1. With
 /// eta 2, a trial goes on only if it is the best at epoch 1 of the trials that reached it.
 fn asha_spec(extra_search: &str) -> String {
@@ -835,4 +834,18 @@ fn restored_scheduler_decides_the_same() {
     let after = restored.report_epoch(&attempt, epoch(1, 0.1), 4).unwrap();
     assert!(matches!(after, ReportVerdict::Pruned { .. }), "{after:?}");
     assert_eq!(before, after);
+}
+
+#[test]
+fn observations_include_pruned_trials() {
+    let mut s = scheduler();
+    let sweep_id = create(&mut s, &asha_spec(""));
+    let w = worker(&mut s);
+    prune_second_trial(&mut s, w);
+    let observations = s.observations(sweep_id);
+    let summary: Vec<(u32, f64, Option<u32>)> = observations
+        .iter()
+        .map(|o| (o.index, o.value, o.pruned_at_epoch))
+        .collect();
+    assert_eq!(summary, vec![(0, 0.9, None), (1, 0.1, Some(1))]);
 }
