@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod election;
 pub mod ensemble;
 pub mod error;
+pub mod observe;
 pub mod search;
 pub mod service;
 pub mod spec;
@@ -13,4 +14,5 @@ pub mod store;
 pub mod summary;
 
 pub use error::CoordinatorError;
+pub use observe::{CoordinatorMetrics, MetricsEndpoint};
 pub use service::{Coordinator, CoordinatorConfig};
