@@ -166,7 +166,7 @@ impl Collector for StateCollector {
                     state: crate::state::sweep_status_name(status),
                 })
                 .inc();
-            let tally = sweep.counts.clone().unwrap_or_default();
+            let tally = sweep.counts.unwrap_or_default();
             let by_state = [
                 ("pending", tally.pending),
                 ("running", tally.running),
