@@ -41,7 +41,7 @@ pub struct DoctorArgs {
     token: Option<String>,
 }
 
-/// How one check ended.
+/// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     Ok,

@@ -1,4 +1,4 @@
-//! What operators watch a coordinator through: the gRPC health service, server reflection and
+//! The coordinator's operational interfaces: the gRPC health service, server reflection and
 //! the Prometheus metrics.
 
 use std::sync::Arc;
@@ -258,7 +258,7 @@ pub(crate) fn reflection_services() -> (
             .register_encoded_file_descriptor_set(tunefleet_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    // The descriptor sets are compiled in, so building fails only on a broken build.
+    // The descriptor sets are compiled in, so an error here is a defect of the build.
     let v1 = builder()
         .build_v1()
         .expect("the compiled-in descriptor sets are valid");
@@ -304,7 +304,7 @@ pub(crate) async fn report_stopping(reporter: &HealthReporter) {
     }
 }
 
-/// How a coordinator's gRPC server reports on itself.
+/// The health source, state source and metrics endpoint of one coordinator's gRPC server.
 pub(crate) struct ServePlan {
     pub rpc: RpcMetricsLayer,
     /// The status of the tunefleet services, polled by the health service.
@@ -327,7 +327,7 @@ pub(crate) async fn serve_routes(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    // Set the first status before the listener accepts, so no probe sees UNKNOWN.
+    // Set the first status before the listener accepts, or an early probe gets NOT_FOUND.
     let health = plan.health;
     let first = health();
     for name in SERVICE_NAMES {

@@ -31,13 +31,15 @@ pub fn spec_parser(data: &[u8]) {
     let _ = tunefleet_coordinator::spec::SweepSpec::parse(text, Path::new("/nonexistent"));
 }
 
-/// Stand-ins the fuzzer can write in an id field; each is replaced by the id of a worker,
+/// Stand-ins the fuzzer can write in an id field. Each is replaced by the id of a worker,
 /// sweep or trial that exists, so that inputs reach past the id lookups.
 const WORKER_PLACEHOLDER: &str = "W";
 const SWEEP_PLACEHOLDER: &str = "S";
 const TRIAL_PLACEHOLDER: &str = "T";
 
 /// A coordinator in a temporary directory with one worker, one sweep and one running trial.
+/// Inputs change its state, so an input that panics may need the inputs before it to panic
+/// again.
 struct Harness {
     runtime: tokio::runtime::Runtime,
     coordinator: Coordinator,

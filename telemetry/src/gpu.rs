@@ -39,7 +39,8 @@ fn nvml() -> Option<&'static Nvml> {
     .as_ref()
 }
 
-/// Lists the GPUs NVML sees, with their memory in use; fails when NVML cannot be loaded.
+/// Lists the GPUs that NVML reports, with their memory in use. Fails when NVML cannot be
+/// loaded.
 pub fn list_gpus() -> Result<Vec<GpuInfo>, String> {
     let nvml = match NVML.get() {
         Some(loaded) => loaded.as_ref(),

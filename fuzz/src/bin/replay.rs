@@ -4,9 +4,9 @@
 //!
 //!   replay [SECONDS_PER_TARGET] [TARGET...]
 //!
-//! A panic aborts the run; the input that caused it is written to
-//! `fuzz/artifacts/TARGET/crash-SEED-ITERATION` to replay with `replay 0 TARGET` after copying
-//! it into the corpus, or with `cargo fuzz run TARGET FILE`.
+//! A panic stops the run with exit code 1 and writes the input that caused it to
+//! `fuzz/artifacts/TARGET/`. Replay it with `cargo fuzz run TARGET FILE`, or copy it into the
+//! corpus and run `replay 0 TARGET`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
