@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod client;
+mod doctor;
 mod report;
 mod run;
 mod serve;
@@ -30,8 +31,26 @@ struct Cli {
     #[arg(long, global = true, env = "TUNEFLEET_LOG")]
     log: Option<String>,
 
+    /// Format of the logs on stderr: "text" for people, or "json" for one JSON object a line
+    /// with the message and the event's fields as top-level keys.
+    #[arg(
+        long,
+        global = true,
+        env = "TUNEFLEET_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// The format of the logs on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +97,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check this host: libtorch, CUDA, NVML, the coordinator and TLS certificates.
+    Doctor(doctor::DoctorArgs),
     /// Train one attempt, reading the request on stdin (started by workers, not by people).
     #[command(hide = true)]
     TrainTrial,
@@ -101,11 +122,19 @@ fn main() -> ExitCode {
         ));
         EnvFilter::new(default_filter)
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -150,6 +179,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             json,
         } => client::ensemble(connection, sweep_id, json).await?,
         Command::Workers { connection, json } => client::workers(connection, json).await?,
+        Command::Doctor(args) => return doctor::run(args).await,
         Command::TrainTrial => unreachable!("handled before the runtime starts"),
     }
     Ok(ExitCode::SUCCESS)

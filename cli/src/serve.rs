@@ -19,7 +19,7 @@ use tunefleet_coordinator::election::{serve_elected, ElectionConfig};
 use tunefleet_coordinator::state::SchedulerConfig;
 use tunefleet_coordinator::store::etcd::EtcdOptions;
 use tunefleet_coordinator::store::EmbeddedStore;
-use tunefleet_coordinator::{Coordinator, CoordinatorConfig};
+use tunefleet_coordinator::{Coordinator, CoordinatorConfig, CoordinatorMetrics, MetricsEndpoint};
 use tunefleet_worker::{plan_slots, GpuSelection, WorkerConfig};
 
 /// A failure that is the operator's input, reported with exit code 2.
@@ -72,8 +72,13 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "TUNEFLEET_ELECTION_TTL_SECS")]
     election_ttl_secs: Option<u32>,
 
+    /// Address to serve Prometheus metrics on, at /metrics, such as 127.0.0.1:9464
+    /// [default: none, no metrics server].
+    #[arg(long, env = "TUNEFLEET_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+
     /// TOML file with any of: listen, data_dir, lease_ttl_ms, heartbeat_interval_ms,
-    /// max_attempts, store, artifacts, advertise, election_ttl_secs.
+    /// max_attempts, store, artifacts, advertise, election_ttl_secs, metrics_addr.
     #[arg(long, env = "TUNEFLEET_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -90,6 +95,7 @@ struct CoordinatorFile {
     artifacts: Option<String>,
     advertise: Option<String>,
     election_ttl_secs: Option<u32>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// The state store a coordinator uses.
@@ -164,8 +170,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "TUNEFLEET_HOSTNAME")]
     hostname: Option<String>,
 
+    /// Address to serve Prometheus metrics on, at /metrics, such as 127.0.0.1:9465
+    /// [default: none, no metrics server].
+    #[arg(long, env = "TUNEFLEET_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+
     /// TOML file with any of: coordinator, gpus, gpus_per_trial, cpu_slots, threads_per_slot,
-    /// labels (a table), grace_period_secs, hostname.
+    /// labels (a table), grace_period_secs, hostname, metrics_addr.
     #[arg(long, env = "TUNEFLEET_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -181,6 +192,7 @@ struct WorkerFile {
     labels: Option<HashMap<String, String>>,
     grace_period_secs: Option<u64>,
     hostname: Option<String>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn read_config_file<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigError> {
@@ -204,6 +216,23 @@ fn positive(name: &str, value: u32) -> Result<u32, ConfigError> {
         )));
     }
     Ok(value)
+}
+
+/// Binds the metrics listener at `address`, when one is set, in a registry for `service`.
+async fn metrics_endpoint(
+    address: Option<SocketAddr>,
+    service: &str,
+) -> anyhow::Result<Option<MetricsEndpoint>> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("failed to listen for metrics on {address}"))?;
+    Ok(Some(MetricsEndpoint {
+        listener,
+        registry: tunefleet_telemetry::new_registry(service),
+    }))
 }
 
 /// Waits for SIGTERM or SIGINT.
@@ -267,6 +296,12 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         .or(file.advertise)
         .unwrap_or_else(|| format!("http://{listen}"));
 
+    let mut metrics =
+        metrics_endpoint(args.metrics_addr.or(file.metrics_addr), "coordinator").await?;
+    let coordinator_metrics = match &mut metrics {
+        Some(endpoint) => CoordinatorMetrics::register(&mut endpoint.registry),
+        None => CoordinatorMetrics::default(),
+    };
     let config = CoordinatorConfig {
         data_dir: data_dir.clone(),
         scheduler: SchedulerConfig {
@@ -274,6 +309,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             max_attempts,
         },
         heartbeat_interval_ms,
+        metrics: coordinator_metrics,
     };
     let default_artifacts = data_dir.join("artifacts");
     let artifacts = move || open_artifacts(&artifacts_url, &default_artifacts);
@@ -289,7 +325,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("failed to open the store in {}", data_dir.display()))?;
             let coordinator = Coordinator::with_stores(config, Box::new(state), artifacts()?)?;
             coordinator
-                .serve(listener, termination_signal())
+                .serve_with_metrics(listener, metrics, termination_signal())
                 .await
                 .context("the gRPC server failed")?;
         }
@@ -306,6 +342,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 election,
                 Arc::new(artifacts),
                 listener,
+                metrics,
                 termination_signal(),
             )
             .await?;
@@ -378,8 +415,9 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         labels,
         shutdown_grace: grace,
     };
+    let metrics = metrics_endpoint(args.metrics_addr.or(file.metrics_addr), "worker").await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), coordinator = %config.coordinator_url, "worker starting");
-    tunefleet_worker::agent::run(config, termination_signal()).await
+    tunefleet_worker::agent::run_with_metrics(config, metrics, termination_signal()).await
 }
 
 fn local_hostname() -> String {

@@ -23,7 +23,8 @@ use tunefleet_proto::v1::worker_service_client::WorkerServiceClient;
 use tunefleet_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 
 use crate::artifacts::ArtifactStore;
-use crate::service::{incoming, Coordinator, CoordinatorConfig, MAX_MESSAGE_BYTES};
+use crate::observe::{self, MetricsEndpoint};
+use crate::service::{Coordinator, CoordinatorConfig, MAX_MESSAGE_BYTES};
 use crate::store::etcd::{EtcdOptions, EtcdStore, Fence};
 
 /// Metadata key set on calls a follower forwards, so that a forwarded call is never forwarded
@@ -82,6 +83,16 @@ impl Gate {
 
     fn set(&self, role: Role) {
         *self.role.write().unwrap_or_else(|e| e.into_inner()) = role;
+    }
+
+    /// Returns SERVING on a leader that is not degraded and on a follower that knows the
+    /// leader to forward to, else NOT_SERVING.
+    fn serving_status(&self) -> tonic_health::ServingStatus {
+        match &*self.role.read().unwrap_or_else(|e| e.into_inner()) {
+            Role::Leader(coordinator) => coordinator.serving_status(),
+            Role::Follower(Some(_)) => tonic_health::ServingStatus::Serving,
+            Role::Follower(None) => tonic_health::ServingStatus::NotServing,
+        }
     }
 
     fn leader_coordinator(&self) -> Option<Coordinator> {
@@ -274,14 +285,17 @@ impl WorkerService for Gate {
     );
 }
 
-/// Serves on `listener` as one of several coordinators sharing etcd, until `shutdown`.
+/// Serves on `listener` as one of several coordinators sharing etcd, until `shutdown`, and
+/// Prometheus metrics on `metrics` when given.
 pub async fn serve_elected(
     config: CoordinatorConfig,
     election: ElectionConfig,
     artifacts: ArtifactsFactory,
     listener: TcpListener,
+    metrics: Option<MetricsEndpoint>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let rpc = config.metrics.rpc.clone();
     let gate = Gate::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let campaign = tokio::spawn(campaign_forever(
@@ -313,11 +327,15 @@ pub async fn serve_elected(
             coordinator.begin_shutdown();
         }
     };
-    let served = tonic::transport::Server::builder()
-        .add_service(sweeps)
-        .add_service(workers)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await;
+    let (health_gate, state_gate) = (gate.clone(), gate.clone());
+    let plan = observe::ServePlan {
+        rpc,
+        health: Box::new(move || health_gate.serving_status()),
+        state: Arc::new(move || state_gate.leader_coordinator()),
+        metrics,
+    };
+    let routes = tonic::service::Routes::new(sweeps).add_service(workers);
+    let served = observe::serve_routes(routes, plan, listener, shutdown).await;
     campaign.abort();
     tracing::info!("coordinator stopped");
     served.map_err(anyhow::Error::from)

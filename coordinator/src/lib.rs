@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod election;
 pub mod ensemble;
 pub mod error;
+pub mod observe;
 pub mod pruning;
 pub mod search;
 pub mod service;
@@ -14,4 +15,5 @@ pub mod store;
 pub mod summary;
 
 pub use error::CoordinatorError;
+pub use observe::{CoordinatorMetrics, MetricsEndpoint};
 pub use service::{Coordinator, CoordinatorConfig};

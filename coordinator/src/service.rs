@@ -20,6 +20,7 @@ use tunefleet_proto::{now_ms, SweepId, TrialId, WorkerId};
 
 use crate::artifacts::{ArtifactStore, LocalArtifacts};
 use crate::error::CoordinatorError;
+use crate::observe::{self, CoordinatorMetrics, MetricsEndpoint, StateCounts};
 use crate::spec::SweepSpec;
 use crate::state::{Changes, ReportVerdict, Scheduler, SchedulerConfig};
 use crate::store::{EmbeddedStore, StateStore, WriteBatch};
@@ -41,6 +42,9 @@ pub struct CoordinatorConfig {
     pub scheduler: SchedulerConfig,
     /// How often workers send heartbeats, in milliseconds.
     pub heartbeat_interval_ms: u32,
+    /// Counters this coordinator increments; they reach `/metrics` only when built with
+    /// [`CoordinatorMetrics::register`].
+    pub metrics: CoordinatorMetrics,
 }
 
 impl CoordinatorConfig {
@@ -50,6 +54,7 @@ impl CoordinatorConfig {
             data_dir: data_dir.into(),
             scheduler: SchedulerConfig::default(),
             heartbeat_interval_ms: 2_000,
+            metrics: CoordinatorMetrics::default(),
         }
     }
 }
@@ -153,6 +158,16 @@ impl Coordinator {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
+        self.serve_with_metrics(listener, None, shutdown).await
+    }
+
+    /// Serves like [`Coordinator::serve`], and Prometheus metrics on `metrics` when given.
+    pub async fn serve_with_metrics(
+        self,
+        listener: TcpListener,
+        metrics: Option<MetricsEndpoint>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
         let address = listener.local_addr().ok();
         let expiry = self.start_lease_expiry();
         tracing::info!(
@@ -173,11 +188,16 @@ impl Coordinator {
             tracing::info!("coordinator shutting down: ending long polls and watches");
             let _ = stopping.send(true);
         };
-        let result = tonic::transport::Server::builder()
-            .add_service(sweeps)
-            .add_service(workers)
-            .serve_with_incoming_shutdown(incoming(listener), shutdown)
-            .await;
+        let health_source = self.clone();
+        let state_source = self.clone();
+        let plan = observe::ServePlan {
+            rpc: self.inner.config.metrics.rpc.clone(),
+            health: Box::new(move || health_source.serving_status()),
+            state: Arc::new(move || Some(state_source.clone())),
+            metrics,
+        };
+        let routes = tonic::service::Routes::new(sweeps).add_service(workers);
+        let result = observe::serve_routes(routes, plan, listener, shutdown).await;
         expiry.abort();
         tracing::info!("coordinator stopped");
         result
@@ -186,6 +206,36 @@ impl Coordinator {
     /// Starts expiring leases in the background; abort the handle to stop.
     pub fn start_lease_expiry(&self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.clone().expire_leases_forever())
+    }
+
+    /// Returns SERVING, or NOT_SERVING while a failed store write keeps requests out.
+    pub fn serving_status(&self) -> tonic_health::ServingStatus {
+        if self.inner.degraded.load(Ordering::Acquire) {
+            tonic_health::ServingStatus::NotServing
+        } else {
+            tonic_health::ServingStatus::Serving
+        }
+    }
+
+    /// Reads the sweeps, workers and leases that the metrics report.
+    pub fn state_counts(&self) -> StateCounts {
+        let now = now_ms();
+        let state = self.lock();
+        let mut counts = StateCounts {
+            sweeps: state.sweeps().into_iter().cloned().collect(),
+            num_leases: state.num_leases() as u64,
+            degraded: self.inner.degraded.load(Ordering::Acquire),
+            ..StateCounts::default()
+        };
+        for worker in state.list_workers(now) {
+            if worker.status == v1::WorkerStatus::Active as i32 {
+                counts.num_workers_active += 1;
+                counts.num_slots += worker.slots.len() as u64;
+            } else {
+                counts.num_workers_lost += 1;
+            }
+        }
+        counts
     }
 
     /// Ends this coordinator's long polls and watches with `UNAVAILABLE`.
@@ -197,12 +247,10 @@ impl Coordinator {
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
         loop {
             ticker.tick().await;
-            let expired = self.mutate(|state| {
-                state.expire_leases(now_ms());
-                Ok(())
-            });
-            if let Err(err) = expired.await {
-                tracing::error!(error = %err, "failed to store expired leases");
+            let expired = self.mutate(|state| Ok(state.expire_leases(now_ms())));
+            match expired.await {
+                Ok(num_expired) => self.inner.config.metrics.count_expired(num_expired),
+                Err(err) => tracing::error!(error = %err, "failed to store expired leases"),
             }
         }
     }
@@ -714,6 +762,7 @@ impl WorkerService for Coordinator {
                 .mutate(|state| state.acquire(worker_id, request.slot, now_ms()))
                 .await?;
             if assignment.is_some() {
+                self.inner.config.metrics.attempts_started.inc();
                 return Ok(Response::new(v1::AcquireTrialResponse { assignment }));
             }
             let mut stopping = self.inner.stopping.subscribe();
@@ -793,9 +842,11 @@ impl WorkerService for Coordinator {
     ) -> Result<Response<v1::CompleteAttemptResponse>, Status> {
         let request = request.into_inner();
         let attempt = attempt_of(&request.attempt)?.clone();
+        let outcome = request.outcome;
         self.mutate(|state| state.complete_attempt(request, now_ms()))
             .await
             .inspect_err(|err| log_rejected("CompleteAttempt", &attempt, err))?;
+        self.inner.config.metrics.count_ended(outcome);
         Ok(Response::new(v1::CompleteAttemptResponse {}))
     }
 }

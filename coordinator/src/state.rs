@@ -658,8 +658,9 @@ impl Scheduler {
     }
 
     /// Expires every lease older than `now_ms`: the attempt is lost and its trial goes back to
-    /// pending, or fails once `max_attempts` of its attempts were lost.
-    pub fn expire_leases(&mut self, now_ms: i64) {
+    /// pending, or fails once `max_attempts` of its attempts were lost. Returns how many
+    /// leases expired.
+    pub fn expire_leases(&mut self, now_ms: i64) -> usize {
         let mut expired: Vec<TrialId> = self
             .leases
             .iter()
@@ -667,6 +668,7 @@ impl Scheduler {
             .map(|(trial_id, _)| *trial_id)
             .collect();
         expired.sort();
+        let num_expired = expired.len();
         for trial_id in expired {
             self.leases.remove(&trial_id);
             let max_attempts = self.config.max_attempts;
@@ -708,6 +710,12 @@ impl Scheduler {
             self.touch_trial(trial_id, kind);
             self.after_trial_change(sweep_id, now_ms);
         }
+        num_expired
+    }
+
+    /// Returns how many attempts hold a lease.
+    pub fn num_leases(&self) -> usize {
+        self.leases.len()
     }
 
     fn objective_metric(&self, trial_id: TrialId) -> String {

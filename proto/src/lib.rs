@@ -14,6 +14,9 @@ pub mod v1 {
     tonic::include_proto!("tunefleet.v1");
 }
 
+/// The encoded `FileDescriptorSet` of `proto/tunefleet.proto`, which gRPC reflection serves.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tunefleet_descriptor");
+
 /// Milliseconds since the Unix epoch, the time unit of every `*_ms` field.
 pub fn now_ms() -> i64 {
     let since_epoch = std::time::SystemTime::now()

@@ -17,6 +17,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tunefleet_proto::v1::worker_service_client::WorkerServiceClient;
 use tunefleet_proto::v1::{self, trainer_event::Event, Outcome};
+use tunefleet_telemetry::MetricsEndpoint;
+
+use crate::metrics::WorkerMetrics;
 
 /// Bytes of a failed trainer's stderr kept for the attempt record.
 const STDERR_TAIL_BYTES: usize = 4096;
@@ -206,6 +209,7 @@ struct Shared {
     worker_id: RwLock<String>,
     /// Stop switches of the attempts running now.
     running: Mutex<RunningAttempts>,
+    metrics: WorkerMetrics,
 }
 
 impl Shared {
@@ -240,6 +244,15 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with_metrics(config, None, shutdown).await
+}
+
+/// Runs the agent like [`run`], and serves its Prometheus metrics on `metrics` when given.
+pub async fn run_with_metrics(
+    config: WorkerConfig,
+    metrics: Option<MetricsEndpoint>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     anyhow::ensure!(!config.slots.is_empty(), "a worker needs at least one slot");
     anyhow::ensure!(
         !config.trainer_command.is_empty(),
@@ -253,6 +266,29 @@ pub async fn run(
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
+    let (worker_metrics, metrics_server) = match metrics {
+        Some(endpoint) => {
+            let mut registry = endpoint.registry;
+            let worker_metrics = WorkerMetrics::register(&mut registry, &config.slots);
+            let mut stop_rx = shutdown_rx.clone();
+            let stopped = async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            };
+            let server = tokio::spawn(async move {
+                let served = tunefleet_telemetry::serve_metrics(
+                    endpoint.listener,
+                    Arc::new(registry),
+                    stopped,
+                )
+                .await;
+                if let Err(err) = served {
+                    tracing::error!(error = %err, "the metrics server failed");
+                }
+            });
+            (worker_metrics, Some(server))
+        }
+        None => (WorkerMetrics::new(&config.slots), None),
+    };
     let Some((worker_id, heartbeat_interval)) =
         register_until_accepted(&client, &config, shutdown_rx.clone()).await
     else {
@@ -269,6 +305,7 @@ pub async fn run(
         config: config.clone(),
         worker_id: RwLock::new(worker_id),
         running: Mutex::new(HashMap::new()),
+        metrics: worker_metrics,
     });
 
     let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), heartbeat_interval));
@@ -297,6 +334,9 @@ pub async fn run(
         join_slot_tasks(&mut slot_tasks).await;
     }
     heartbeat.abort();
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -458,6 +498,8 @@ async fn run_attempt(shared: &Shared, slot: &SlotConfig, assignment: v1::Assignm
         .running()
         .insert(key.clone(), (attempt.clone(), stop_tx));
     tracing::info!(trial_id = %attempt.trial_id, attempt = attempt.attempt, slot = slot.index, "attempt started");
+    shared.metrics.attempt_started();
+    let started = std::time::Instant::now();
 
     let stderr_tail = Arc::new(Mutex::new(Vec::new()));
     let end = train_in_child(shared, slot, &assignment, stop_rx, stderr_tail.clone()).await;
@@ -465,7 +507,10 @@ async fn run_attempt(shared: &Shared, slot: &SlotConfig, assignment: v1::Assignm
     let stderr_tail =
         String::from_utf8_lossy(&stderr_tail.lock().unwrap_or_else(|e| e.into_inner()))
             .into_owned();
-    report_end(shared, &attempt, end, stderr_tail).await;
+    let outcome = report_end(shared, &attempt, end, stderr_tail).await;
+    shared
+        .metrics
+        .attempt_ended(slot.index, started.elapsed(), outcome);
 }
 
 fn trainer_request(slot: &SlotConfig, assignment: &v1::Assignment) -> v1::TrainRequest {
@@ -650,7 +695,14 @@ where
     }
 }
 
-async fn report_end(shared: &Shared, attempt: &v1::AttemptRef, end: RunEnd, stderr_tail: String) {
+/// Reports how an attempt ended and returns the outcome sent, or `None` when the coordinator
+/// had already given the attempt up.
+async fn report_end(
+    shared: &Shared,
+    attempt: &v1::AttemptRef,
+    end: RunEnd,
+    stderr_tail: String,
+) -> Option<Outcome> {
     let mut request = v1::CompleteAttemptRequest {
         attempt: Some(attempt.clone()),
         stderr_tail,
@@ -658,7 +710,7 @@ async fn report_end(shared: &Shared, attempt: &v1::AttemptRef, end: RunEnd, stde
         ..Default::default()
     };
     match end {
-        RunEnd::Abandoned => return,
+        RunEnd::Abandoned => return None,
         RunEnd::Stopped(reason) => {
             request.outcome = Outcome::Cancelled as i32;
             request.reason = reason;
@@ -707,6 +759,7 @@ async fn report_end(shared: &Shared, attempt: &v1::AttemptRef, end: RunEnd, stde
             tracing::error!(trial_id = %attempt.trial_id, attempt = attempt.attempt, error = %status, "failed to report the attempt's end; its lease will expire")
         }
     }
+    Some(outcome)
 }
 
 async fn upload_predictions(
