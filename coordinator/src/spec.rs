@@ -941,7 +941,7 @@ mod tests {
                 "weights of wrong length",
                 spec_text("[parameters]\noptimizer = { values = [\"sgd\", \"adam\"], weights = [1.0] }"),
                 "invalid parameters.optimizer.weights: expected an array of 2 numbers > 0, one \
-                 per value, got 1 numbers",
+                 per value, got 1 number",
             ),
             (
                 "weight zero",

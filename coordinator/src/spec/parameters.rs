@@ -267,7 +267,12 @@ fn parse_weights(path: &str, raw: &toml::Value, num_values: usize) -> Result<Vec
         return Err(mistyped(path, &expected, raw));
     };
     if items.len() != num_values {
-        let got = format!("{} numbers", items.len());
+        let noun = if items.len() == 1 {
+            "number"
+        } else {
+            "numbers"
+        };
+        let got = format!("{} {noun}", items.len());
         return Err(invalid(path, &expected, &got));
     }
     let mut weights = Vec::with_capacity(items.len());
