@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod certs;
 mod client;
 mod report;
 mod run;
@@ -77,6 +78,11 @@ enum Command {
         connection: client::Connection,
         #[arg(long)]
         json: bool,
+    },
+    /// Generate certificates and tokens for a fleet with TLS, mutual TLS and tokens.
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
     },
     /// Train one attempt, reading the request on stdin (started by workers, not by people).
     #[command(hide = true)]
@@ -150,6 +156,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             json,
         } => client::ensemble(connection, sweep_id, json).await?,
         Command::Workers { connection, json } => client::workers(connection, json).await?,
+        Command::Certs { command } => certs::certs(command)?,
         Command::TrainTrial => unreachable!("handled before the runtime starts"),
     }
     Ok(ExitCode::SUCCESS)

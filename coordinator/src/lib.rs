@@ -6,6 +6,7 @@ pub mod election;
 pub mod ensemble;
 pub mod error;
 pub mod search;
+pub mod security;
 pub mod service;
 pub mod spec;
 pub mod state;

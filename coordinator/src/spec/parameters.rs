@@ -12,6 +12,9 @@ const VALUES_KEYS: &[&str] = &["values"];
 const FLOAT_DISTRIBUTION_KEYS: &[&str] = &["distribution", "min", "max"];
 const INT_DISTRIBUTION_KEYS: &[&str] = &["distribution", "min", "max", "step"];
 const DISTRIBUTIONS: &[&str] = &["uniform", "log_uniform", "int"];
+/// Maximum values listed for one parameter. A grid runs at most `MAX_TRIALS` trials anyway,
+/// and a random search draws from the list, so longer lists only cost memory.
+pub(super) const MAX_VALUES_PER_PARAMETER: usize = 10_000;
 
 pub(super) fn parse_parameters(
     section: &Section,
@@ -102,6 +105,13 @@ fn parse_values(
 ) -> Result<Domain, SpecError> {
     if items.is_empty() {
         return Err(invalid(path, "at least one value", "an empty array"));
+    }
+    if items.len() > MAX_VALUES_PER_PARAMETER {
+        return Err(invalid(
+            path,
+            &format!("at most {MAX_VALUES_PER_PARAMETER} values"),
+            &format!("{} values", items.len()),
+        ));
     }
     let mut values = Vec::with_capacity(items.len());
     let mut first_index = HashMap::with_capacity(items.len());
