@@ -1,16 +1,19 @@
-//! Security tests on loopback with certificates from `tunefleet certs init`: TLS, mutual TLS for
-//! the worker API, bearer tokens and their roles for the sweep API, worker identities bound to
-//! their attempts, message size limits, the non-loopback start check, and one sweep end to end
-//! through the real binaries with all of them on.
+//! Security tests on loopback with certificates from `tunefleet certs init`. They cover TLS,
+//! mutual TLS for the worker API, bearer tokens and their roles for the sweep API, worker
+//! identities bound to their attempts, message size limits and the non-loopback start check.
+//! The last runs one sweep end to end through the real binaries with all of them on.
 
+#[path = "support/etcd.rs"]
+mod etcd;
 #[path = "support/fleet.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use etcd::EtcdServer;
 use support::{assert_all_succeeded_once, binary, digits_path, wait_until, Process};
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, ClientTlsConfig};
@@ -31,6 +34,20 @@ fn certs_init(out: &Path, num_workers: u32) {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "certs init failed: {stderr}");
+}
+
+/// Certificates shared by the in-process tests, made once per test binary because each run of
+/// the binary loads libtorch: `certs/` from the fleet CA and `other/` from an unrelated CA.
+/// NOTE: a static is never dropped, so this directory stays in the temporary directory.
+fn shared_certs() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        certs_init(&dir.path().join("certs"), 2);
+        certs_init(&dir.path().join("other"), 1);
+        dir
+    });
+    dir.path()
 }
 
 fn read_token(certs: &Path, name: &str) -> String {
@@ -76,9 +93,7 @@ struct Secured {
 impl Secured {
     async fn start() -> Secured {
         let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        certs_init(&certs, 2);
-        certs_init(&dir.path().join("other"), 1);
+        let certs = shared_certs().join("certs");
         let security = ServerSecurity {
             tls: Some(ServerTls {
                 cert_pem: std::fs::read(certs.join("coordinator.pem")).unwrap(),
@@ -116,13 +131,13 @@ impl Secured {
     }
 
     fn certs(&self) -> PathBuf {
-        self.dir.path().join("certs")
+        shared_certs().join("certs")
     }
 
     /// TLS settings trusting the fleet CA, with the named certificate from `certs_dir`.
     fn tls(&self, certs_dir: &str, identity: Option<&str>) -> ClientTlsConfig {
         let ca = self.certs().join("ca.pem");
-        let certs = self.dir.path().join(certs_dir);
+        let certs = shared_certs().join(certs_dir);
         let cert = identity.map(|name| certs.join(format!("{name}.pem")));
         let key = identity.map(|name| certs.join(format!("{name}.key")));
         ClientSecurity::tls_from_files(Some(&ca), cert.as_deref(), key.as_deref())
@@ -134,7 +149,7 @@ impl Secured {
         tunefleet_proto::connect_coordinator(&self.url, Some(&self.tls(certs_dir, identity))).await
     }
 
-    /// A sweep API client with the named token (`admin`, `viewer`) or none.
+    /// Connects a sweep API client with the named token (`admin`, `viewer`) or none.
     async fn sweeps(&self, token: Option<&str>) -> SweepServiceClient<AuthChannel> {
         let security = ClientSecurity {
             tls: Some(self.tls("certs", None)),
@@ -143,7 +158,7 @@ impl Secured {
         SweepServiceClient::new(security.connect(&self.url).await.unwrap())
     }
 
-    /// A worker API client presenting the named certificate of the fleet CA.
+    /// Connects a worker API client presenting the named certificate of the fleet CA.
     async fn worker(&self, identity: &str) -> WorkerServiceClient<Channel> {
         WorkerServiceClient::new(self.channel("certs", Some(identity)).await.unwrap())
     }
@@ -410,7 +425,7 @@ fn non_loopback_listen_is_refused_before_binding() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("refusing to listen on 192.0.2.1:7800"),
+        stderr.contains("invalid listen address 192.0.2.1:7800"),
         "{stderr}"
     );
     assert!(stderr.contains("--tls-cert and --tls-key"), "{stderr}");
@@ -492,7 +507,7 @@ async fn sweep_completes_with_tls_and_tokens() {
         &path("worker-1.key"),
     ];
     let _worker = Process::spawn("worker", &worker_args, dir.path());
-    grid_spec(dir.path(), 3, 2);
+    grid_spec(dir.path(), 2, 1);
 
     let spec = dir.path().join("spec.toml").display().to_string();
     let launch = Command::new(binary())
@@ -518,7 +533,7 @@ async fn sweep_completes_with_tls_and_tokens() {
     assert!(watch.status.success(), "sweep watch failed: {stderr}");
 
     let all = trials_of(&mut viewer, &sweep_id).await;
-    assert_all_succeeded_once(&all, 3);
+    assert_all_succeeded_once(&all, 2);
     let workers = viewer.list_workers(v1::ListWorkersRequest {}).await;
     let workers = workers.unwrap().into_inner().workers;
     assert_eq!(workers.len(), 1);
@@ -535,4 +550,140 @@ async fn trials_of(client: &mut SweepServiceClient<AuthChannel>, sweep_id: &str)
         .unwrap()
         .into_inner()
         .trials
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Starts `tunefleet coordinator` with TLS, mutual TLS and tokens on an etcd store.
+fn start_tls_coordinator(dir: &Path, name: &str, port: u16, store: &str) -> Process {
+    let certs = shared_certs().join("certs");
+    let path = |file: &str| certs.join(file).display().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let data_dir = dir.join(name).display().to_string();
+    let artifacts = format!("file://{}", dir.join("artifacts").display());
+    let args = [
+        "coordinator",
+        "--listen",
+        &listen,
+        "--data-dir",
+        &data_dir,
+        "--store",
+        store,
+        "--artifacts",
+        &artifacts,
+        "--tls-cert",
+        &path("coordinator.pem"),
+        "--tls-key",
+        &path("coordinator.key"),
+        "--tls-client-ca",
+        &path("ca.pem"),
+        "--tokens",
+        &path("tokens.toml"),
+    ];
+    Process::spawn(name, &args, dir)
+}
+
+async fn wait_for_log(dir: &Path, name: &str, line: &str) {
+    let path = dir.join(format!("{name}.log"));
+    wait_until(
+        &format!("{name} logs {line:?}"),
+        Duration::from_secs(30),
+        || {
+            let path = path.clone();
+            async move {
+                std::fs::read_to_string(path)
+                    .unwrap_or_default()
+                    .contains(line)
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_forwards_callers_over_tls() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!(
+        "etcd://{}/tunefleet-tls",
+        etcd.endpoint().trim_start_matches("http://")
+    );
+    let (leader_port, follower_port) = (free_port(), free_port());
+    let _leader = start_tls_coordinator(dir.path(), "c0", leader_port, &store);
+    wait_for_log(dir.path(), "c0", "became the leader").await;
+    let _follower = start_tls_coordinator(dir.path(), "c1", follower_port, &store);
+    wait_for_log(dir.path(), "c1", "following the leader").await;
+    let certs = shared_certs().join("certs");
+    let tls = ClientSecurity::tls_from_files(Some(&certs.join("ca.pem")), None, None)
+        .unwrap()
+        .unwrap();
+    let follower = format!("https://127.0.0.1:{follower_port}");
+    let connect = |token: Option<&str>| {
+        let security = ClientSecurity {
+            tls: Some(tls.clone()),
+            token: token.map(|name| read_token(&certs, name)),
+        };
+        let follower = follower.clone();
+        async move { SweepServiceClient::new(security.connect(&follower).await.unwrap()) }
+    };
+    let mut admin = connect(Some("admin")).await;
+    let mut viewer = connect(Some("viewer")).await;
+    let mut anonymous = connect(None).await;
+
+    let create = |num_trials| v1::CreateSweepRequest {
+        spec_toml: grid_spec(dir.path(), num_trials, 1),
+        base_dir: dir.path().display().to_string(),
+    };
+    let sweep = admin.create_sweep(create(2)).await.unwrap().into_inner();
+    let status = viewer.create_sweep(create(1)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = anonymous
+        .list_sweeps(v1::ListSweepsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let listed = viewer.list_sweeps(v1::ListSweepsRequest {}).await.unwrap();
+    let sweep_ids: Vec<String> = listed
+        .into_inner()
+        .sweeps
+        .into_iter()
+        .map(|s| s.sweep_id)
+        .collect();
+    assert_eq!(sweep_ids, vec![sweep.sweep_id]);
+
+    let worker_tls = |identity: &str| {
+        ClientSecurity::tls_from_files(
+            Some(&certs.join("ca.pem")),
+            Some(&certs.join(format!("{identity}.pem"))),
+            Some(&certs.join(format!("{identity}.key"))),
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let channel = |identity: &str| {
+        let tls = worker_tls(identity);
+        let follower = follower.clone();
+        async move {
+            tunefleet_proto::connect_coordinator(&follower, Some(&tls))
+                .await
+                .unwrap()
+        }
+    };
+    let mut worker_1 = WorkerServiceClient::new(channel("worker-1").await);
+    let mut worker_2 = WorkerServiceClient::new(channel("worker-2").await);
+    let id_1 = register(&mut worker_1, "w1").await;
+    let heartbeat = v1::HeartbeatRequest {
+        worker_id: id_1.clone(),
+        running: Vec::new(),
+    };
+    let status = worker_2.heartbeat(heartbeat.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(worker_1.heartbeat(heartbeat).await.is_ok());
+    let workers = viewer.list_workers(v1::ListWorkersRequest {}).await;
+    let workers = workers.unwrap().into_inner().workers;
+    let identities: Vec<&str> = workers.iter().map(|w| w.identity.as_str()).collect();
+    assert_eq!(identities, vec!["worker-1"]);
 }

@@ -1,5 +1,5 @@
-//! Who may call the coordinator: TLS settings, bearer tokens, worker certificate identities and
-//! the checks every call passes before its handler runs.
+//! Access control of the coordinator: TLS settings, bearer tokens, worker certificate
+//! identities and the checks every call passes before its handler runs.
 //!
 //! The sweep API authenticates clients by bearer token; each token is read-only or read-write.
 //! The worker API authenticates workers by a client certificate signed by the fleet CA, and a
@@ -33,7 +33,7 @@ const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
 /// Registration windows remembered before old ones are dropped.
 const MAX_REGISTRATION_KEYS: usize = 4096;
 
-/// What a bearer token may do.
+/// The permissions of a bearer token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
@@ -235,7 +235,8 @@ fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(digest)
 }
 
-/// A short fingerprint of a secret for logs: the first 8 hex digits of its SHA-256 digest.
+/// Returns a short fingerprint of a secret for logs: the first 8 hex digits of its SHA-256
+/// digest.
 fn fingerprint(secret: &str) -> String {
     token_sha256_hex(secret)[..8].to_string()
 }
@@ -293,7 +294,7 @@ impl ServerSecurity {
             return Ok(());
         }
         Err(format!(
-            "refusing to listen on {listen} without authentication: set {} (see `tunefleet certs init`), listen on a loopback address, or pass --allow-insecure to serve anyone who can reach {}",
+            "invalid listen address {listen}: a non-loopback address needs authentication, so set {} (see `tunefleet certs init`), listen on a loopback address, or pass --allow-insecure to serve anyone who can reach {}",
             missing.join(" and "),
             listen.ip()
         ))
@@ -368,7 +369,7 @@ pub struct AccessPolicy {
     own_identity: Option<String>,
 }
 
-/// What a caller presented.
+/// The credentials a caller presented.
 struct Credentials {
     peer_identity: Option<String>,
     bearer: Option<String>,
@@ -522,7 +523,7 @@ impl RegistrationLimiter {
     }
 }
 
-/// The key that registrations of `principal` from `peer` are counted under.
+/// Returns the key that registrations of `principal` from `peer` are counted under.
 pub fn registration_key(principal: &Principal, peer: Option<SocketAddr>) -> String {
     match principal {
         Principal::Worker { identity } => format!("certificate {identity:?}"),
@@ -558,7 +559,7 @@ struct RefusalWindow {
     num_suppressed: u64,
 }
 
-/// Logs a refused call at warn, at most `MAX_REFUSAL_LOGS_PER_WINDOW` lines per window; the
+/// Logs a rejected call at warn, at most `MAX_REFUSAL_LOGS_PER_WINDOW` lines per window. The
 /// rest are counted, and the first line of the next window states how many were left out.
 /// `caller` names the caller without a secret.
 pub fn log_refusal(rpc: &str, caller: &str, status: &Status) {
@@ -693,7 +694,7 @@ sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
             .check_exposure("0.0.0.0:7800".parse().unwrap(), false)
             .unwrap_err();
         assert!(
-            err.starts_with("refusing to listen on 0.0.0.0:7800"),
+            err.starts_with("invalid listen address 0.0.0.0:7800"),
             "{err}"
         );
         assert!(

@@ -34,7 +34,7 @@ use crate::summary;
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// The largest request the sweep API accepts, in bytes: a spec and its base directory.
 pub const MAX_SWEEP_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-/// The longest a unary call may run on the server, including an `AcquireTrial` long poll of
+/// Maximum time a unary call may run on the server, including an `AcquireTrial` long poll of
 /// at most `MAX_ACQUIRE_WAIT_MS`. It bounds the time to the response headers only, so a
 /// `WatchSweep` stream runs until its sweep ends.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -901,7 +901,7 @@ impl Coordinator {
     }
 
     /// Fails with `PERMISSION_DENIED` unless `principal` may act for the worker named in
-    /// `attempt`. The state then checks that this worker holds the attempt.
+    /// `attempt`. The state then checks that this worker has the attempt's lease.
     fn check_holds(
         &self,
         principal: &Principal,

@@ -29,7 +29,7 @@ pub fn now_ms() -> i64 {
     since_epoch.as_millis() as i64
 }
 
-/// How a client connects to a coordinator: TLS settings and a bearer token, each optional.
+/// The TLS settings and bearer token of a client of the coordinator, each optional.
 #[derive(Clone, Default)]
 pub struct ClientSecurity {
     /// TLS settings; `None` connects in plaintext, to `http://` URLs only.
