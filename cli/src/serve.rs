@@ -540,6 +540,37 @@ mod tests {
     }
 
     #[test]
+    fn tls_key_needs_cert() {
+        let key = Path::new("coordinator.key");
+        let err = server_security(None, Some(key), None, None).unwrap_err();
+        assert_eq!(
+            err.0,
+            "invalid TLS settings: --tls-cert and --tls-key go together"
+        );
+    }
+
+    #[test]
+    fn client_ca_needs_tls() {
+        let ca = Path::new("ca.pem");
+        let err = server_security(None, None, Some(ca), None).unwrap_err();
+        assert_eq!(
+            err.0,
+            "invalid TLS settings: --tls-client-ca needs --tls-cert and --tls-key"
+        );
+    }
+
+    #[test]
+    fn missing_tokens_file_is_named() {
+        let tokens = Path::new("/nonexistent/tokens.toml");
+        let err = server_security(None, None, None, Some(tokens)).unwrap_err();
+        assert!(
+            err.0
+                .starts_with("failed to read tokens file /nonexistent/tokens.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn store_url_rejects_other_schemes() {
         assert!(parse_store("redis://x/y").is_err());
         assert_eq!(parse_store("embedded").unwrap(), StoreChoice::Embedded);

@@ -55,15 +55,11 @@ impl ClientSecurity {
         cert: Option<&Path>,
         key: Option<&Path>,
     ) -> Result<Option<ClientTlsConfig>, String> {
-        let identity = match (cert, key) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => Some(Identity::from_pem(read_pem(cert)?, read_pem(key)?)),
-            _ => {
-                return Err("invalid TLS settings: --tls-cert and --tls-key go together".to_string())
-            }
-        };
+        if cert.is_some() != key.is_some() {
+            return Err("invalid TLS settings: --tls-cert and --tls-key go together".to_string());
+        }
         let Some(ca) = ca else {
-            if identity.is_some() {
+            if cert.is_some() {
                 return Err(
                     "invalid TLS settings: --tls-cert needs --tls-ca to verify the coordinator"
                         .to_string(),
@@ -72,8 +68,8 @@ impl ClientSecurity {
             return Ok(None);
         };
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(ca)?));
-        if let Some(identity) = identity {
-            tls = tls.identity(identity);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            tls = tls.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
         }
         Ok(Some(tls))
     }
@@ -211,4 +207,48 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         parts.push(err.to_string());
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_need_http_without_tls() {
+        assert_eq!(
+            coordinator_endpoints("http://127.0.0.1:7800", None)
+                .unwrap()
+                .len(),
+            1
+        );
+        let err = coordinator_endpoints("https://127.0.0.1:7800", None).unwrap_err();
+        assert!(err.contains("https:// needs --tls-ca"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_need_https_with_tls() {
+        let tls = ClientTlsConfig::new();
+        let urls = "https://127.0.0.1:7800,https://127.0.0.1:7801";
+        assert_eq!(coordinator_endpoints(urls, Some(&tls)).unwrap().len(), 2);
+        let err = coordinator_endpoints("http://127.0.0.1:7800", Some(&tls)).unwrap_err();
+        assert!(err.contains("expected https://HOST:PORT"), "{err}");
+    }
+
+    #[test]
+    fn tls_cert_needs_key_and_ca() {
+        let cert = Path::new("worker.pem");
+        let err = ClientSecurity::tls_from_files(None, Some(cert), None).unwrap_err();
+        assert!(err.contains("go together"), "{err}");
+        let err = ClientSecurity::tls_from_files(None, Some(cert), Some(cert)).unwrap_err();
+        assert!(err.contains("needs --tls-ca"), "{err}");
+    }
+
+    #[test]
+    fn token_must_be_printable_ascii() {
+        let security = ClientSecurity {
+            tls: None,
+            token: Some("bad\ntoken".to_string()),
+        };
+        assert!(security.bearer().is_err());
+    }
 }
