@@ -37,17 +37,29 @@ fn certs_init(out: &Path, num_workers: u32) {
 }
 
 /// Certificates shared by the in-process tests, made once per test binary because each run of
-/// the binary loads libtorch: `certs/` from the fleet CA and `other/` from an unrelated CA.
+/// the binary loads libtorch: `certs/` from the fleet CA, with worker-2 from `certs add-worker`,
+/// and `other/` from an unrelated CA.
 /// NOTE: a static is never dropped, so this directory stays in the temporary directory.
 fn shared_certs() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        certs_init(&dir.path().join("certs"), 2);
+        certs_init(&dir.path().join("certs"), 1);
+        add_worker(&dir.path().join("certs"), "worker-2");
         certs_init(&dir.path().join("other"), 1);
         dir
     });
     dir.path()
+}
+
+/// Runs `tunefleet certs add-worker` in `dir`.
+fn add_worker(dir: &Path, name: &str) {
+    let output = Command::new(binary())
+        .args(["certs", "add-worker", "--dir", dir.to_str().unwrap(), name])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "certs add-worker failed: {stderr}");
 }
 
 fn read_token(certs: &Path, name: &str) -> String {

@@ -1,5 +1,6 @@
-//! `tunefleet certs init`: a development CA, certificates for a coordinator and its workers,
-//! and a tokens file, so that a fleet can run with TLS, mutual TLS and tokens from the start.
+//! `tunefleet certs`: `init` makes a development CA, certificates for a coordinator and its
+//! workers, and a tokens file, so that a fleet can run with TLS, mutual TLS and tokens from the
+//! start. `add-worker` signs a certificate for one more worker with that CA.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,18 @@ const VALIDITY_DAYS: u32 = 365;
 pub enum CertsCommand {
     /// Generate a CA, a coordinator certificate, worker certificates and a tokens file.
     Init(InitArgs),
+    /// Sign a certificate for one more worker with the CA that `init` wrote.
+    AddWorker(AddWorkerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddWorkerArgs {
+    /// The directory `init` wrote: reads ca.pem and ca.key, writes NAME.pem and NAME.key.
+    #[arg(long)]
+    dir: PathBuf,
+
+    /// The worker's name, its certificate's common name: letters, digits, '.', '_' and '-'.
+    name: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,8 +59,10 @@ pub struct InitArgs {
 
 /// Runs a `certs` verb.
 pub fn certs(command: CertsCommand) -> anyhow::Result<()> {
-    let CertsCommand::Init(args) = command;
-    init(&args)
+    match command {
+        CertsCommand::Init(args) => init(&args),
+        CertsCommand::AddWorker(args) => add_worker(&args),
+    }
 }
 
 fn init(args: &InitArgs) -> anyhow::Result<()> {
@@ -111,6 +126,34 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         hosts.join(", "),
         args.workers,
         args.out.display()
+    ));
+    Ok(())
+}
+
+fn add_worker(args: &AddWorkerArgs) -> anyhow::Result<()> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if args.name.is_empty() || args.name.starts_with('.') || !args.name.chars().all(allowed) {
+        return Err(ConfigError(format!(
+            "invalid worker name {:?}: expected letters, digits, '.', '_' and '-', not starting with '.'",
+            args.name
+        ))
+        .into());
+    }
+    let read = |name: &str| {
+        let path = args.dir.join(name);
+        std::fs::read_to_string(&path)
+            .map_err(|err| ConfigError(format!("failed to read {}: {err}", path.display())))
+    };
+    let ca_key = KeyPair::from_pem(&read("ca.key")?).context("invalid ca.key")?;
+    let issuer = Issuer::from_ca_cert_pem(&read("ca.pem")?, ca_key).context("invalid ca.pem")?;
+    let mut worker = CertificateParams::new(vec![args.name.clone()])?;
+    worker.distinguished_name = common_name(&args.name);
+    worker.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    issue(&Output { dir: &args.dir }, &args.name, worker, &issuer)?;
+    crate::report::stdout_line(format_args!(
+        "wrote {0}.pem and {0}.key to {1}",
+        args.name,
+        args.dir.display()
     ));
     Ok(())
 }
