@@ -423,6 +423,43 @@ async fn oversized_request_is_rejected_and_server_lives() {
     fleet.stop().await;
 }
 
+/// Calls `path` with a message whose field 3 holds bytes that are not UTF-8, where
+/// `RegisterWorkerRequest` has its version string.
+async fn send_garbage(
+    channel: &Channel,
+    path: &'static str,
+) -> Result<tonic::Response<v1::RegisterWorkerResponse>, tonic::Status> {
+    let garbage = v1::UploadArtifactRequest {
+        attempt: None,
+        name: String::new(),
+        content: vec![0xff, 0xfe, 0xfd],
+    };
+    let codec =
+        tonic_prost::ProstCodec::<v1::UploadArtifactRequest, v1::RegisterWorkerResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    grpc.unary(tonic::Request::new(garbage), path, codec).await
+}
+
+#[tokio::test]
+async fn malformed_messages_are_rejected_and_server_lives() {
+    let fleet = Secured::start().await;
+    let channel = fleet.channel("certs", Some("worker-1")).await.unwrap();
+    let status = send_garbage(&channel, "/tunefleet.v1.WorkerService/RegisterWorker")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(status.message().contains("UTF-8"), "{status:?}");
+    let status = send_garbage(&channel, "/tunefleet.v1.WorkerService/ReportEpoch")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let mut worker = WorkerServiceClient::new(channel);
+    assert!(!register(&mut worker, "after-garbage").await.is_empty());
+    fleet.stop().await;
+}
+
 #[test]
 fn non_loopback_listen_is_refused_before_binding() {
     let dir = tempfile::tempdir().unwrap();
