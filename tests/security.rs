@@ -477,7 +477,10 @@ fn non_loopback_listen_is_refused_before_binding() {
         stderr.contains("invalid listen address 192.0.2.1:7800"),
         "{stderr}"
     );
-    assert!(stderr.contains("--tls-cert and --tls-key"), "{stderr}");
+    assert!(
+        stderr.contains("set --tls-cert, --tls-key, --tls-client-ca, --tokens ("),
+        "{stderr}"
+    );
     assert!(stderr.contains("--allow-insecure"), "{stderr}");
     assert!(!stderr.contains("failed to listen"), "{stderr}");
 }

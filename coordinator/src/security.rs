@@ -283,7 +283,7 @@ impl ServerSecurity {
         }
         let mut missing = Vec::new();
         match &self.tls {
-            None => missing.push("--tls-cert and --tls-key"),
+            None => missing.extend(["--tls-cert", "--tls-key", "--tls-client-ca"]),
             Some(tls) if tls.client_ca_pem.is_none() => missing.push("--tls-client-ca"),
             Some(_) => {}
         }
@@ -295,7 +295,7 @@ impl ServerSecurity {
         }
         Err(format!(
             "invalid listen address {listen}: a non-loopback address needs authentication, so set {} (see `tunefleet certs init`), listen on a loopback address, or pass --allow-insecure to serve anyone who can reach {}",
-            missing.join(" and "),
+            missing.join(", "),
             listen.ip()
         ))
     }
@@ -698,10 +698,46 @@ sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
             "{err}"
         );
         assert!(
-            err.contains("--tls-cert and --tls-key and --tokens"),
+            err.contains("set --tls-cert, --tls-key, --tls-client-ca, --tokens ("),
             "{err}"
         );
         assert!(err.contains("--allow-insecure"), "{err}");
+    }
+
+    fn security_with(client_ca: bool, tokens: bool) -> ServerSecurity {
+        let tokens_text = format!(
+            "[[token]]\nname = \"a\"\nrole = \"read-only\"\nsha256 = \"{}\"\n",
+            token_sha256_hex("x")
+        );
+        ServerSecurity {
+            tls: Some(ServerTls {
+                cert_pem: b"cert".to_vec(),
+                key_pem: b"key".to_vec(),
+                client_ca_pem: client_ca.then(|| b"ca".to_vec()),
+            }),
+            tokens: tokens.then(|| Arc::new(TokenSet::parse(&tokens_text).unwrap())),
+        }
+    }
+
+    #[test]
+    fn exposure_names_each_missing_setting() {
+        let listen = "10.0.0.5:7800".parse().unwrap();
+        let err = security_with(false, true)
+            .check_exposure(listen, false)
+            .unwrap_err();
+        assert!(err.contains("so set --tls-client-ca ("), "{err}");
+        let err = security_with(true, false)
+            .check_exposure(listen, false)
+            .unwrap_err();
+        assert!(err.contains("so set --tokens ("), "{err}");
+    }
+
+    #[test]
+    fn exposure_allows_full_security() {
+        let listen = "10.0.0.5:7800".parse().unwrap();
+        assert!(security_with(true, true)
+            .check_exposure(listen, false)
+            .is_ok());
     }
 
     #[test]
