@@ -309,6 +309,8 @@ impl ServerSecurity {
         if let Some(ca) = &tls.client_ca_pem {
             // Clients of the sweep API come without a certificate; the worker API's check
             // rejects calls without one.
+            // TODO: revoke single worker certificates. tonic 0.14's ServerTlsConfig takes no
+            // revocation list, so a certificate stays valid until it expires or the CA changes.
             config = config
                 .client_ca_root(Certificate::from_pem(ca))
                 .client_auth_optional(true);
@@ -524,6 +526,9 @@ impl RegistrationLimiter {
 }
 
 /// Returns the key that registrations of `principal` from `peer` are counted under.
+///
+/// NOTE: without mutual TLS, registrations forwarded by a follower count under the follower's
+/// address, so workers that reach the leader through one follower share its limit.
 pub fn registration_key(principal: &Principal, peer: Option<SocketAddr>) -> String {
     match principal {
         Principal::Worker { identity } => format!("certificate {identity:?}"),
