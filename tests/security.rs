@@ -460,6 +460,56 @@ async fn malformed_messages_are_rejected_and_server_lives() {
     fleet.stop().await;
 }
 
+#[tokio::test]
+async fn tokens_apply_on_loopback_without_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = shared_certs().join("certs");
+    let security = ServerSecurity {
+        tls: None,
+        tokens: Some(Arc::new(
+            TokenSet::load(&certs.join("tokens.toml")).unwrap(),
+        )),
+    };
+    let policy = security.access_policy().unwrap();
+    let coordinator = Coordinator::open(CoordinatorConfig::new(dir.path().join("data"))).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let stop = async {
+            let _ = stop_rx.await;
+        };
+        coordinator
+            .serve_secured(listener, &security, policy, stop)
+            .await
+            .unwrap();
+    });
+    let client = |token: Option<String>| {
+        let url = url.clone();
+        async move {
+            let security = ClientSecurity { tls: None, token };
+            SweepServiceClient::new(security.connect(&url).await.unwrap())
+        }
+    };
+
+    let status = client(None)
+        .await
+        .list_sweeps(v1::ListSweepsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let mut admin = client(Some(read_token(&certs, "admin"))).await;
+    assert!(admin.list_sweeps(v1::ListSweepsRequest {}).await.is_ok());
+    let channel = tunefleet_proto::connect_coordinator(&url, None)
+        .await
+        .unwrap();
+    let mut worker = WorkerServiceClient::new(channel);
+    assert!(!register(&mut worker, "plain").await.is_empty());
+
+    let _ = stop_tx.send(());
+    server.await.unwrap();
+}
+
 #[test]
 fn non_loopback_listen_is_refused_before_binding() {
     let dir = tempfile::tempdir().unwrap();
