@@ -134,7 +134,7 @@ impl EtcdFleet {
     }
 
     async fn client(&self) -> SweepServiceClient<Channel> {
-        let channel = tunefleet_proto::connect_coordinator(&self.urls()).await;
+        let channel = tunefleet_proto::connect_coordinator(&self.urls(), None).await;
         SweepServiceClient::new(channel.unwrap())
     }
 }
@@ -244,7 +244,7 @@ async fn leader_killed_mid_sweep_fails_over() {
 
     // Talk to the survivor alone: a balanced channel can still pick the dead address once.
     let survivor = format!("http://127.0.0.1:{}", fleet.ports[1]);
-    let channel = tunefleet_proto::connect_coordinator(&survivor)
+    let channel = tunefleet_proto::connect_coordinator(&survivor, None)
         .await
         .unwrap();
     let mut client = SweepServiceClient::new(channel);

@@ -5,18 +5,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tunefleet_proto::v1::sweep_service_client::SweepServiceClient;
 use tunefleet_proto::v1::{self, sweep_event::Kind as EventKind, SweepStatus, TrialStatus};
+use tunefleet_proto::{AuthChannel, ClientSecurity};
 
 use tunefleet_coordinator::spec::SweepSpec;
 
 use crate::report::{self, Progress, RunReport};
 
-/// The coordinator address shared by every client verb.
+/// The coordinator address and credentials shared by every client verb.
 #[derive(Debug, clap::Args)]
 pub struct Connection {
-    /// The coordinator's URL, or several separated by commas.
+    /// The coordinator's URL, or several separated by commas (https:// with --tls-ca).
     #[arg(
         long,
         env = "TUNEFLEET_COORDINATOR",
@@ -24,6 +24,35 @@ pub struct Connection {
         global = true
     )]
     coordinator: String,
+
+    /// The CA (PEM) that signed the coordinator's certificate; connects over TLS.
+    #[arg(long, env = "TUNEFLEET_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+
+    /// The bearer token of the sweep API. TUNEFLEET_TOKEN or --token-file keep it out of
+    /// the process list.
+    #[arg(long, env = "TUNEFLEET_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
+    /// A file holding the bearer token; it takes precedence over --token.
+    #[arg(long, env = "TUNEFLEET_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+}
+
+impl Connection {
+    fn security(&self) -> anyhow::Result<ClientSecurity> {
+        let tls = ClientSecurity::tls_from_files(self.tls_ca.as_deref(), None, None)
+            .map_err(|err| anyhow::anyhow!(err))?;
+        let token = match &self.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("failed to read --token-file {}", path.display()))?;
+                Some(text.trim().to_string())
+            }
+            None => self.token.clone(),
+        };
+        Ok(ClientSecurity { tls, token })
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -80,8 +109,10 @@ pub enum TrialCommand {
     },
 }
 
-async fn connect(connection: &Connection) -> anyhow::Result<SweepServiceClient<Channel>> {
-    let channel = tunefleet_proto::connect_coordinator(&connection.coordinator)
+async fn connect(connection: &Connection) -> anyhow::Result<SweepServiceClient<AuthChannel>> {
+    let security = connection.security()?;
+    let channel = security
+        .connect(&connection.coordinator)
         .await
         .map_err(|err| anyhow::anyhow!(err))?;
     let client = SweepServiceClient::new(channel);
@@ -195,7 +226,7 @@ pub fn read_spec(path: &Path) -> anyhow::Result<(SweepSpec, String, String)> {
 }
 
 async fn get_sweep(
-    client: &mut SweepServiceClient<Channel>,
+    client: &mut SweepServiceClient<AuthChannel>,
     sweep_id: &str,
 ) -> anyhow::Result<v1::Sweep> {
     let request = v1::GetSweepRequest {
@@ -209,7 +240,10 @@ async fn get_sweep(
 }
 
 /// Shows a sweep's events until it ends.
-pub async fn watch(client: &mut SweepServiceClient<Channel>, sweep_id: &str) -> anyhow::Result<()> {
+pub async fn watch(
+    client: &mut SweepServiceClient<AuthChannel>,
+    sweep_id: &str,
+) -> anyhow::Result<()> {
     let request = v1::WatchSweepRequest {
         sweep_id: sweep_id.to_string(),
     };
@@ -239,7 +273,7 @@ pub async fn watch(client: &mut SweepServiceClient<Channel>, sweep_id: &str) -> 
 
 /// Fetches the sweep, its trials and its ensemble (none when no trial succeeded).
 pub async fn collect_report(
-    client: &mut SweepServiceClient<Channel>,
+    client: &mut SweepServiceClient<AuthChannel>,
     sweep_id: &str,
     wall_seconds: f64,
 ) -> anyhow::Result<RunReport> {
@@ -276,7 +310,7 @@ fn sweep_wall_seconds(sweep: &v1::Sweep) -> f64 {
 }
 
 async fn list_trials(
-    client: &mut SweepServiceClient<Channel>,
+    client: &mut SweepServiceClient<AuthChannel>,
     sweep_id: &str,
 ) -> anyhow::Result<Vec<v1::Trial>> {
     let request = v1::ListTrialsRequest {

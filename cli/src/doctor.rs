@@ -101,7 +101,13 @@ impl Finding {
 /// Runs every check, prints one line each and exits 1 when any check failed.
 pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let mut findings = vec![check_libtorch(), check_cuda(), check_nvml()];
-    findings.extend(check_coordinator(args.coordinator.as_deref(), args.token.as_deref()).await);
+    let tls = tunefleet_proto::ClientSecurity::tls_from_files(
+        args.tls_ca.as_deref(),
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+    );
+    findings
+        .extend(check_coordinator(args.coordinator.as_deref(), tls, args.token.as_deref()).await);
     findings.extend(check_certificates(
         args.tls_ca.as_deref(),
         args.tls_cert.as_deref(),
@@ -242,7 +248,11 @@ fn check_nvml() -> Finding {
     }
 }
 
-async fn check_coordinator(urls: Option<&str>, token: Option<&str>) -> Vec<Finding> {
+async fn check_coordinator(
+    urls: Option<&str>,
+    tls: Result<Option<tonic::transport::ClientTlsConfig>, String>,
+    token: Option<&str>,
+) -> Vec<Finding> {
     let Some(urls) = urls else {
         return vec![Finding {
             verdict: Verdict::Skip,
@@ -251,14 +261,25 @@ async fn check_coordinator(urls: Option<&str>, token: Option<&str>) -> Vec<Findi
             fix: None,
         }];
     };
-    let endpoints = match tunefleet_proto::coordinator_endpoints(urls) {
+    let tls = match tls {
+        Ok(tls) => tls,
+        Err(err) => {
+            return vec![Finding::problem(
+                Verdict::Fail,
+                "coordinator",
+                err,
+                "pass readable PEM files to --tls-ca, --tls-cert and --tls-key",
+            )]
+        }
+    };
+    let endpoints = match tunefleet_proto::coordinator_endpoints(urls, tls.as_ref()) {
         Ok(endpoints) => endpoints,
         Err(err) => {
             return vec![Finding::problem(
                 Verdict::Fail,
                 "coordinator",
                 err,
-                "pass --coordinator http://HOST:PORT",
+                "pass --coordinator http://HOST:PORT, or https://HOST:PORT with --tls-ca",
             )]
         }
     };
@@ -275,15 +296,6 @@ async fn check_one_coordinator(
 ) -> Finding {
     let url = endpoint.uri().to_string();
     let url = url.trim_end_matches('/').to_string();
-    if endpoint.uri().scheme_str() == Some("https") {
-        // TODO: check https:// coordinators once the client side of TLS is in this build.
-        return Finding::problem(
-            Verdict::Warn,
-            "coordinator",
-            format!("{url} not checked: this build has no TLS client"),
-            "check the coordinator's plaintext address, or use a build with TLS support",
-        );
-    }
     let endpoint = endpoint.timeout(HEALTH_TIMEOUT);
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod certs;
 mod client;
 mod doctor;
 mod report;
@@ -99,6 +100,11 @@ enum Command {
     },
     /// Check this host: libtorch, CUDA, NVML, the coordinator and TLS certificates.
     Doctor(doctor::DoctorArgs),
+    /// Generate certificates and tokens for a fleet with TLS, mutual TLS and tokens.
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
     /// Train one attempt, reading the request on stdin (started by workers, not by people).
     #[command(hide = true)]
     TrainTrial,
@@ -180,6 +186,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => client::ensemble(connection, sweep_id, json).await?,
         Command::Workers { connection, json } => client::workers(connection, json).await?,
         Command::Doctor(args) => return doctor::run(args).await,
+        Command::Certs { command } => certs::certs(command)?,
         Command::TrainTrial => unreachable!("handled before the runtime starts"),
     }
     Ok(ExitCode::SUCCESS)

@@ -763,6 +763,7 @@ pub fn worker_json(worker: &v1::Worker) -> serde_json::Value {
     json!({
         "worker_id": worker.worker_id,
         "hostname": worker.hostname,
+        "identity": worker.identity,
         "status": worker_status_name(worker.status),
         "version": worker.version,
         "labels": worker.labels,

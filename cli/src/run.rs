@@ -90,6 +90,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let worker_config = WorkerConfig {
         coordinator_url: url.clone(),
+        security: tunefleet_proto::ClientSecurity::default(),
         slots: local_slots(args.slots, args.threads_per_slot)?,
         trainer_command: vec![
             std::env::current_exe()

@@ -16,10 +16,12 @@ use tokio::net::TcpListener;
 
 use tunefleet_coordinator::artifacts::open_artifacts;
 use tunefleet_coordinator::election::{serve_elected, ElectionConfig};
+use tunefleet_coordinator::security::{ServerSecurity, ServerTls, TokenSet};
 use tunefleet_coordinator::state::SchedulerConfig;
 use tunefleet_coordinator::store::etcd::EtcdOptions;
 use tunefleet_coordinator::store::EmbeddedStore;
 use tunefleet_coordinator::{Coordinator, CoordinatorConfig, CoordinatorMetrics, MetricsEndpoint};
+use tunefleet_proto::ClientSecurity;
 use tunefleet_worker::{plan_slots, GpuSelection, WorkerConfig};
 
 /// A failure that is the operator's input, reported with exit code 2.
@@ -63,7 +65,7 @@ pub struct CoordinatorArgs {
     artifacts: Option<String>,
 
     /// With an etcd store: the URL other coordinators forward calls to when this one leads
-    /// [default: http:// and the --listen address].
+    /// [default: http:// and the --listen address, or https:// with TLS].
     #[arg(long, env = "TUNEFLEET_ADVERTISE")]
     advertise: Option<String>,
 
@@ -77,8 +79,32 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "TUNEFLEET_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
 
+    /// The coordinator's certificate chain (PEM); with --tls-key, serves TLS.
+    #[arg(long, env = "TUNEFLEET_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TUNEFLEET_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+
+    /// The fleet CA (PEM) that signs worker certificates; workers must then present one to use
+    /// the worker API. Needs --tls-cert.
+    #[arg(long, env = "TUNEFLEET_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// The tokens file (TOML) of the clients of the sweep API, each read-only or read-write;
+    /// see `tunefleet certs init`.
+    #[arg(long, env = "TUNEFLEET_TOKENS")]
+    tokens: Option<PathBuf>,
+
+    /// Serve on a non-loopback address without TLS, client certificates or tokens: anyone who
+    /// can reach it may then run sweeps and act as a worker.
+    #[arg(long, env = "TUNEFLEET_ALLOW_INSECURE")]
+    allow_insecure: bool,
+
     /// TOML file with any of: listen, data_dir, lease_ttl_ms, heartbeat_interval_ms,
-    /// max_attempts, store, artifacts, advertise, election_ttl_secs, metrics_addr.
+    /// max_attempts, store, artifacts, advertise, election_ttl_secs, metrics_addr, tls_cert,
+    /// tls_key, tls_client_ca, tokens, allow_insecure.
     #[arg(long, env = "TUNEFLEET_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -86,6 +112,11 @@ pub struct CoordinatorArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CoordinatorFile {
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tokens: Option<PathBuf>,
+    allow_insecure: Option<bool>,
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     lease_ttl_ms: Option<u32>,
@@ -121,7 +152,7 @@ fn parse_store(value: &str) -> Result<StoreChoice, ConfigError> {
     let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let endpoints: Vec<String> = hosts.split(',').map(|h| format!("http://{h}")).collect();
     for endpoint in &endpoints {
-        tunefleet_proto::coordinator_endpoints(endpoint).map_err(|_| invalid())?;
+        tunefleet_proto::coordinator_endpoints(endpoint, None).map_err(|_| invalid())?;
     }
     let prefix = prefix.trim_matches('/');
     if endpoints.is_empty() || prefix.is_empty() {
@@ -175,8 +206,21 @@ pub struct WorkerArgs {
     #[arg(long, env = "TUNEFLEET_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
 
+    /// The CA (PEM) that signed the coordinator's certificate; connects over TLS to https://
+    /// URLs.
+    #[arg(long, env = "TUNEFLEET_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+
+    /// This worker's certificate (PEM), signed by the fleet CA, for mutual TLS.
+    #[arg(long, env = "TUNEFLEET_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TUNEFLEET_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+
     /// TOML file with any of: coordinator, gpus, gpus_per_trial, cpu_slots, threads_per_slot,
-    /// labels (a table), grace_period_secs, hostname, metrics_addr.
+    /// labels (a table), grace_period_secs, hostname, metrics_addr, tls_ca, tls_cert, tls_key.
     #[arg(long, env = "TUNEFLEET_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -184,6 +228,9 @@ pub struct WorkerArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WorkerFile {
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     coordinator: Option<String>,
     gpus: Option<String>,
     gpus_per_trial: Option<usize>,
@@ -291,10 +338,26 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             .or(file.election_ttl_secs)
             .unwrap_or(3),
     )?;
+    let security = server_security(
+        args.tls_cert.or(file.tls_cert).as_deref(),
+        args.tls_key.or(file.tls_key).as_deref(),
+        args.tls_client_ca.or(file.tls_client_ca).as_deref(),
+        args.tokens.or(file.tokens).as_deref(),
+    )?;
+    let allow_insecure = args.allow_insecure || file.allow_insecure.unwrap_or(false);
+    security
+        .check_exposure(listen, allow_insecure)
+        .map_err(ConfigError)?;
+    let policy = security.access_policy().map_err(ConfigError)?;
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let advertise = args
         .advertise
         .or(file.advertise)
-        .unwrap_or_else(|| format!("http://{listen}"));
+        .unwrap_or_else(|| format!("{scheme}://{listen}"));
 
     let mut metrics =
         metrics_endpoint(args.metrics_addr.or(file.metrics_addr), "coordinator").await?;
@@ -318,14 +381,24 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("failed to listen on {listen}"))?;
-    tracing::info!(%listen, lease_ttl_ms, heartbeat_interval_ms, max_attempts, store = ?store, "coordinator starting");
+    tracing::info!(
+        %listen,
+        lease_ttl_ms,
+        heartbeat_interval_ms,
+        max_attempts,
+        store = ?store,
+        tls = security.tls.is_some(),
+        mutual_tls = security.tls.as_ref().is_some_and(|tls| tls.client_ca_pem.is_some()),
+        tokens = security.tokens.is_some(),
+        "coordinator starting"
+    );
     match store {
         StoreChoice::Embedded => {
             let state = EmbeddedStore::open(&data_dir)
                 .with_context(|| format!("failed to open the store in {}", data_dir.display()))?;
             let coordinator = Coordinator::with_stores(config, Box::new(state), artifacts()?)?;
             coordinator
-                .serve_with_metrics(listener, metrics, termination_signal())
+                .serve_secured(listener, &security, policy, metrics, termination_signal())
                 .await
                 .context("the gRPC server failed")?;
         }
@@ -342,6 +415,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 election,
                 Arc::new(artifacts),
                 listener,
+                &security,
                 metrics,
                 termination_signal(),
             )
@@ -349,6 +423,42 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads the TLS files and the tokens file named by the coordinator's settings.
+fn server_security(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    client_ca: Option<&Path>,
+    tokens: Option<&Path>,
+) -> Result<ServerSecurity, ConfigError> {
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map_err(|err| ConfigError(format!("failed to read {}: {err}", path.display())))
+    };
+    let tls = match (cert, key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(ServerTls {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+            client_ca_pem: client_ca.map(read).transpose()?,
+        }),
+        _ => {
+            return Err(ConfigError(
+                "invalid TLS settings: --tls-cert and --tls-key go together".to_string(),
+            ))
+        }
+    };
+    if tls.is_none() && client_ca.is_some() {
+        return Err(ConfigError(
+            "invalid TLS settings: --tls-client-ca needs --tls-cert and --tls-key".to_string(),
+        ));
+    }
+    let tokens = tokens
+        .map(|path| TokenSet::load(path).map(Arc::new))
+        .transpose()
+        .map_err(ConfigError)?;
+    Ok(ServerSecurity { tls, tokens })
 }
 
 fn parse_labels(pairs: &[String]) -> Result<HashMap<String, String>, ConfigError> {
@@ -400,10 +510,17 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         .or(file.hostname)
         .unwrap_or_else(local_hostname);
     let slots = plan_slots(&gpus, gpus_per_trial, cpu_slots, threads).map_err(ConfigError)?;
-    tunefleet_proto::coordinator_endpoints(&coordinator_url).map_err(ConfigError)?;
+    let tls = ClientSecurity::tls_from_files(
+        args.tls_ca.or(file.tls_ca).as_deref(),
+        args.tls_cert.or(file.tls_cert).as_deref(),
+        args.tls_key.or(file.tls_key).as_deref(),
+    )
+    .map_err(ConfigError)?;
+    tunefleet_proto::coordinator_endpoints(&coordinator_url, tls.as_ref()).map_err(ConfigError)?;
 
     let config = WorkerConfig {
         coordinator_url,
+        security: ClientSecurity { tls, token: None },
         slots,
         trainer_command: vec![
             std::env::current_exe()
@@ -458,6 +575,37 @@ mod tests {
     fn store_url_rejects_bad_hosts() {
         assert!(parse_store("etcd://[::1/p").is_err());
         assert!(parse_store("etcd://127.0.0.1:2379,/p").is_err());
+    }
+
+    #[test]
+    fn tls_key_needs_cert() {
+        let key = Path::new("coordinator.key");
+        let err = server_security(None, Some(key), None, None).unwrap_err();
+        assert_eq!(
+            err.0,
+            "invalid TLS settings: --tls-cert and --tls-key go together"
+        );
+    }
+
+    #[test]
+    fn client_ca_needs_tls() {
+        let ca = Path::new("ca.pem");
+        let err = server_security(None, None, Some(ca), None).unwrap_err();
+        assert_eq!(
+            err.0,
+            "invalid TLS settings: --tls-client-ca needs --tls-cert and --tls-key"
+        );
+    }
+
+    #[test]
+    fn missing_tokens_file_is_named() {
+        let tokens = Path::new("/nonexistent/tokens.toml");
+        let err = server_security(None, None, None, Some(tokens)).unwrap_err();
+        assert!(
+            err.0
+                .starts_with("failed to read tokens file /nonexistent/tokens.toml"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -421,12 +421,53 @@ mod tests {
 
     #[test]
     fn artifact_name_cannot_escape() {
-        for name in ["../x", "a/b", "", ".hidden", "x\0"] {
+        let too_long = "x".repeat(MAX_ARTIFACT_NAME_LEN + 1);
+        let names = [
+            "../x",
+            "a/b",
+            "",
+            ".hidden",
+            "x\0",
+            "..",
+            ".",
+            "a\\b",
+            "/etc",
+            "é",
+            "a b",
+            "a\nb",
+            too_long.as_str(),
+        ];
+        for name in names {
             assert!(
                 validate_artifact_name(name).is_err(),
                 "{name:?} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn artifact_name_allows_plain_names() {
+        let longest = "x".repeat(MAX_ARTIFACT_NAME_LEN);
+        for name in [
+            "val_predictions",
+            "test-predictions.npy",
+            "a..b",
+            longest.as_str(),
+        ] {
+            assert!(
+                validate_artifact_name(name).is_ok(),
+                "{name:?} was rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn local_put_rejects_escaping_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalArtifacts::open(dir.path().join("artifacts")).unwrap();
+        let err = store.put("s", "t", "../../escaped", b"x").unwrap_err();
+        assert!(matches!(err, StoreError::InvalidArtifactName(_)), "{err}");
+        assert!(!dir.path().join("escaped").exists());
     }
 
     #[test]

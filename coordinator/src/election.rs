@@ -14,17 +14,18 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, LeaderKey};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Request, Response, Status};
 use tunefleet_proto::v1;
 use tunefleet_proto::v1::sweep_service_client::SweepServiceClient;
-use tunefleet_proto::v1::sweep_service_server::{SweepService, SweepServiceServer};
+use tunefleet_proto::v1::sweep_service_server::SweepService;
 use tunefleet_proto::v1::worker_service_client::WorkerServiceClient;
-use tunefleet_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use tunefleet_proto::v1::worker_service_server::WorkerService;
 
 use crate::artifacts::ArtifactStore;
 use crate::observe::{self, MetricsEndpoint};
-use crate::service::{Coordinator, CoordinatorConfig, MAX_MESSAGE_BYTES};
+use crate::security::{principal_of, ServerSecurity};
+use crate::service::{serve_services, Coordinator, CoordinatorConfig, MAX_MESSAGE_BYTES};
 use crate::store::etcd::{EtcdOptions, EtcdStore, Fence};
 
 /// Metadata key set on calls a follower forwards, so that a forwarded call is never forwarded
@@ -67,6 +68,8 @@ struct LeaderLink {
 #[derive(Clone)]
 pub struct Gate {
     role: Arc<RwLock<Role>>,
+    /// TLS settings of connections to the leader; `None` connects in plaintext.
+    leader_tls: Option<ClientTlsConfig>,
 }
 
 enum Route {
@@ -75,9 +78,10 @@ enum Route {
 }
 
 impl Gate {
-    fn new() -> Self {
+    fn new(leader_tls: Option<ClientTlsConfig>) -> Self {
         Self {
             role: Arc::new(RwLock::new(Role::Follower(None))),
+            leader_tls,
         }
     }
 
@@ -118,14 +122,24 @@ impl Gate {
     }
 }
 
-/// Marks a request as forwarded and strips it to its message.
-fn forwarded<T>(request: Request<T>) -> Request<T> {
+/// Marks a request as forwarded and strips it to its message and credentials: the caller this
+/// coordinator authenticated, which the leader trusts from a peer presenting the coordinator
+/// certificate, and the bearer token, which the leader checks itself otherwise.
+fn forwarded<T>(request: Request<T>) -> Result<Request<T>, Status> {
+    let principal = principal_of(&request)?.clone();
+    let authorization = request.metadata().get("authorization").cloned();
     let mut forwarded = Request::new(request.into_inner());
     forwarded.metadata_mut().insert(
         FORWARDED_HEADER,
         tonic::metadata::MetadataValue::from_static("1"),
     );
-    forwarded
+    principal.attach(&mut forwarded)?;
+    if let Some(authorization) = authorization {
+        forwarded
+            .metadata_mut()
+            .insert("authorization", authorization);
+    }
+    Ok(forwarded)
 }
 
 /// Implements one unary method by serving it as leader or forwarding it to the leader. It
@@ -144,7 +158,7 @@ macro_rules! gate_unary {
             Box::pin(async move {
                 match self.route(&request)? {
                     Route::Serve(coordinator) => $service::$method(&coordinator, request).await,
-                    Route::Forward(mut link) => link.$client.$method(forwarded(request)).await,
+                    Route::Forward(mut link) => link.$client.$method(forwarded(request)?).await,
                 }
             })
         }
@@ -230,7 +244,7 @@ impl SweepService for Gate {
             Route::Forward(mut link) => {
                 let stream = link
                     .sweeps
-                    .watch_sweep(forwarded(request))
+                    .watch_sweep(forwarded(request)?)
                     .await?
                     .into_inner();
                 Ok(Response::new(Box::pin(stream) as EventStream))
@@ -287,16 +301,23 @@ impl WorkerService for Gate {
 
 /// Serves on `listener` as one of several coordinators sharing etcd, until `shutdown`, and
 /// Prometheus metrics on `metrics` when given.
+///
+/// With TLS, followers connect to the leader over TLS, verify its certificate against the
+/// client CA and present their own certificate, so every coordinator's certificate must be
+/// signed by that CA and share one common name.
 pub async fn serve_elected(
     config: CoordinatorConfig,
     election: ElectionConfig,
     artifacts: ArtifactsFactory,
     listener: TcpListener,
+    security: &ServerSecurity,
     metrics: Option<MetricsEndpoint>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let rpc = config.metrics.rpc.clone();
-    let gate = Gate::new();
+    let policy = security.access_policy().map_err(anyhow::Error::msg)?;
+    let leader_tls = leader_tls(security)?;
+    let gate = Gate::new(leader_tls);
     let (stop_tx, stop_rx) = watch::channel(false);
     let campaign = tokio::spawn(campaign_forever(
         gate.clone(),
@@ -312,12 +333,6 @@ pub async fn serve_elected(
         etcd = ?election.endpoints,
         "coordinator serving; campaigning for leadership"
     );
-    let sweeps = SweepServiceServer::new(gate.clone())
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let workers = WorkerServiceServer::new(gate.clone())
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let shutdown_gate = gate.clone();
     let shutdown = async move {
         shutdown.await;
@@ -334,8 +349,15 @@ pub async fn serve_elected(
         state: Arc::new(move || state_gate.leader_coordinator()),
         metrics,
     };
-    let routes = tonic::service::Routes::new(sweeps).add_service(workers);
-    let served = observe::serve_routes(routes, plan, listener, shutdown).await;
+    let served = serve_services(
+        gate.clone(),
+        gate.clone(),
+        listener,
+        (security, policy),
+        plan,
+        shutdown,
+    )
+    .await;
     campaign.abort();
     tracing::info!("coordinator stopped");
     served.map_err(anyhow::Error::from)
@@ -504,7 +526,7 @@ async fn follow_leader(gate: Gate, client: Client, election_name: String, own_ur
                     if url == own_url || gate.leader_coordinator().is_some() {
                         continue;
                     }
-                    match link_to(url) {
+                    match link_to(url, gate.leader_tls.clone()) {
                         Ok(link) => {
                             tracing::info!(leader = %url, "following the leader");
                             gate.set(Role::Follower(Some(Box::new(link))));
@@ -521,10 +543,28 @@ async fn follow_leader(gate: Gate, client: Client, election_name: String, own_ur
     }
 }
 
-fn link_to(url: &str) -> Result<LeaderLink, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy();
+/// Returns the TLS settings of the connection to the leader, or `None` without TLS.
+fn leader_tls(security: &ServerSecurity) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let Some(tls) = &security.tls else {
+        return Ok(None);
+    };
+    let Some(ca) = &tls.client_ca_pem else {
+        anyhow::bail!("with TLS and an etcd store, set --tls-client-ca: followers verify the leader's certificate against it and present their own");
+    };
+    Ok(Some(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+    ))
+}
+
+fn link_to(url: &str, tls: Option<ClientTlsConfig>) -> Result<LeaderLink, tonic::transport::Error> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint.connect_lazy();
     Ok(LeaderLink {
         sweeps: SweepServiceClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -8,6 +8,7 @@ pub mod error;
 pub mod observe;
 pub mod pruning;
 pub mod search;
+pub mod security;
 pub mod service;
 pub mod spec;
 pub mod state;

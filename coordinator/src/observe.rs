@@ -313,9 +313,10 @@ pub(crate) struct ServePlan {
     pub metrics: Option<MetricsEndpoint>,
 }
 
-/// Serves `routes` with the health and reflection services on `listener`, and the metrics
-/// endpoint when `plan` has one, until `shutdown` completes.
+/// Serves `routes` through `server` with the health and reflection services on `listener`, and
+/// the metrics endpoint when `plan` has one, until `shutdown` completes.
 pub(crate) async fn serve_routes(
+    server: tonic::transport::Server,
     routes: tonic::service::Routes,
     plan: ServePlan,
     listener: TcpListener,
@@ -357,7 +358,7 @@ pub(crate) async fn serve_routes(
         report_stopping(&reporter).await;
         let _ = stop_tx.send(true);
     };
-    let result = tonic::transport::Server::builder()
+    let result = server
         .layer(plan.rpc)
         .add_routes(routes)
         .serve_with_incoming_shutdown(crate::service::incoming(listener), shutdown)

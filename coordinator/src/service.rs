@@ -21,13 +21,24 @@ use tunefleet_proto::{now_ms, SweepId, TrialId, WorkerId};
 use crate::artifacts::{ArtifactStore, LocalArtifacts};
 use crate::error::CoordinatorError;
 use crate::observe::{self, CoordinatorMetrics, MetricsEndpoint, StateCounts};
+use crate::security::{
+    log_refusal, principal_of, registration_key, require_write, AccessPolicy, Principal,
+    RegistrationLimiter, ServerSecurity,
+};
 use crate::spec::SweepSpec;
 use crate::state::{Changes, ReportVerdict, Scheduler, SchedulerConfig};
 use crate::store::{EmbeddedStore, StateStore, WriteBatch};
 use crate::summary;
 
-/// The largest gRPC message the coordinator accepts, in bytes (artifact uploads are the largest).
+/// The largest gRPC message the coordinator sends or the worker API accepts, in bytes
+/// (artifact uploads are the largest).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The largest request the sweep API accepts, in bytes: a spec and its base directory.
+pub const MAX_SWEEP_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Maximum time a unary call may run on the server, including an `AcquireTrial` long poll of
+/// at most `MAX_ACQUIRE_WAIT_MS`. It bounds the time to the response headers only, so a
+/// `WatchSweep` stream runs until its sweep ends.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Maximum time an `AcquireTrial` call waits for work, in milliseconds.
 pub const MAX_ACQUIRE_WAIT_MS: u32 = 30_000;
 const EVENT_CHANNEL_CAPACITY: usize = 4096;
@@ -85,6 +96,7 @@ struct Inner {
     degraded: AtomicBool,
     /// When the last reload was tried while degraded, to space out retries.
     last_recovery: Mutex<Option<std::time::Instant>>,
+    registrations: RegistrationLimiter,
 }
 
 /// Changes waiting for the next group commit.
@@ -145,26 +157,36 @@ impl Coordinator {
             progress: watch::channel(CommitProgress::default()).0,
             degraded: AtomicBool::new(false),
             last_recovery: Mutex::new(None),
+            registrations: RegistrationLimiter::default(),
         };
         Ok(Self {
             inner: Arc::new(inner),
         })
     }
 
-    /// Serves both gRPC services on `listener` until `shutdown` completes, expiring leases in
-    /// the background.
+    /// Serves both gRPC services on `listener` without TLS or authentication until `shutdown`
+    /// completes, expiring leases in the background.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
-        self.serve_with_metrics(listener, None, shutdown).await
+        let security = ServerSecurity::default();
+        let policy = security
+            .access_policy()
+            .expect("a policy without TLS reads no certificate");
+        self.serve_secured(listener, &security, policy, None, shutdown)
+            .await
     }
 
-    /// Serves like [`Coordinator::serve`], and Prometheus metrics on `metrics` when given.
-    pub async fn serve_with_metrics(
+    /// Serves both gRPC services on `listener` with the TLS settings of `security`, checking
+    /// every call against `policy`, and Prometheus metrics on `metrics` when given, until
+    /// `shutdown` completes.
+    pub async fn serve_secured(
         self,
         listener: TcpListener,
+        security: &ServerSecurity,
+        policy: Arc<AccessPolicy>,
         metrics: Option<MetricsEndpoint>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
@@ -174,14 +196,9 @@ impl Coordinator {
             version = env!("CARGO_PKG_VERSION"),
             address = ?address,
             data_dir = %self.inner.config.data_dir.display(),
+            tls = security.tls.is_some(),
             "coordinator serving"
         );
-        let sweeps = SweepServiceServer::new(self.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let workers = WorkerServiceServer::new(self.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let stopping = self.inner.stopping.clone();
         let shutdown = async move {
             shutdown.await;
@@ -196,8 +213,15 @@ impl Coordinator {
             state: Arc::new(move || Some(state_source.clone())),
             metrics,
         };
-        let routes = tonic::service::Routes::new(sweeps).add_service(workers);
-        let result = observe::serve_routes(routes, plan, listener, shutdown).await;
+        let result = serve_services(
+            self.clone(),
+            self.clone(),
+            listener,
+            (security, policy),
+            plan,
+            shutdown,
+        )
+        .await;
         expiry.abort();
         tracing::info!("coordinator stopped");
         result
@@ -525,6 +549,38 @@ fn run_blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Serves a sweep API and a worker API on `listener` with message size limits, the server-side
+/// timeout, TLS when configured and the access checks of `policy` in front of both, beside the
+/// health and reflection services and the metrics endpoint of `plan`.
+pub(crate) async fn serve_services<S: SweepService, W: WorkerService>(
+    sweeps: S,
+    workers: W,
+    listener: TcpListener,
+    (security, policy): (&ServerSecurity, Arc<AccessPolicy>),
+    plan: observe::ServePlan,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let sweep_policy = policy.clone();
+    let sweeps = SweepServiceServer::new(sweeps)
+        .max_decoding_message_size(MAX_SWEEP_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let sweeps = tonic::service::interceptor::InterceptedService::new(sweeps, move |request| {
+        sweep_policy.check_sweep_call(request)
+    });
+    let workers = WorkerServiceServer::new(workers)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = tonic::service::interceptor::InterceptedService::new(workers, move |request| {
+        policy.check_worker_call(request)
+    });
+    let mut server = tonic::transport::Server::builder().timeout(RPC_TIMEOUT);
+    if let Some(tls) = security.tls_config() {
+        server = server.tls_config(tls)?;
+    }
+    let routes = tonic::service::Routes::new(sweeps).add_service(workers);
+    observe::serve_routes(server, routes, plan, listener, shutdown).await
+}
+
 /// Accepts connections with `TCP_NODELAY` set. With Nagle's algorithm on, the last segment of
 /// a reply waits for the client's delayed acknowledgement, about 40 ms on Linux, on every call.
 pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
@@ -553,6 +609,7 @@ impl SweepService for Coordinator {
         &self,
         request: Request<v1::CreateSweepRequest>,
     ) -> Result<Response<v1::Sweep>, Status> {
+        require_write(&request, "CreateSweep")?;
         let request = request.into_inner();
         let sweep = Coordinator::create_sweep(self, &request.spec_toml, &request.base_dir).await?;
         Ok(Response::new(sweep))
@@ -578,6 +635,7 @@ impl SweepService for Coordinator {
         &self,
         request: Request<v1::CancelSweepRequest>,
     ) -> Result<Response<v1::Sweep>, Status> {
+        require_write(&request, "CancelSweep")?;
         let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
         let sweep = self
             .mutate(|state| {
@@ -592,6 +650,7 @@ impl SweepService for Coordinator {
         &self,
         request: Request<v1::ResumeSweepRequest>,
     ) -> Result<Response<v1::Sweep>, Status> {
+        require_write(&request, "ResumeSweep")?;
         let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
         let sweep = self
             .mutate(|state| {
@@ -715,6 +774,13 @@ impl WorkerService for Coordinator {
         &self,
         request: Request<v1::RegisterWorkerRequest>,
     ) -> Result<Response<v1::RegisterWorkerResponse>, Status> {
+        let principal = principal_of(&request)?.clone();
+        let key = registration_key(&principal, request.remote_addr());
+        self.inner.registrations.check_registration_rate(&key)?;
+        let identity = match principal {
+            Principal::Worker { identity } => identity,
+            _ => String::new(),
+        };
         let request = request.into_inner();
         if request.slots.is_empty() {
             return Err(Status::invalid_argument(
@@ -725,9 +791,9 @@ impl WorkerService for Coordinator {
         let hostname = request.hostname.clone();
         let version = request.version.clone();
         let worker_id = self
-            .mutate(|state| Ok(state.register_worker(request, now_ms())))
+            .mutate(|state| Ok(state.register_worker_as(request, identity.clone(), now_ms())))
             .await?;
-        tracing::info!(%worker_id, %hostname, num_slots, %version, "worker joined");
+        tracing::info!(%worker_id, %hostname, num_slots, %version, %identity, "worker joined");
         Ok(Response::new(v1::RegisterWorkerResponse {
             worker_id: worker_id.to_string(),
             heartbeat_interval_ms: self.inner.config.heartbeat_interval_ms,
@@ -739,8 +805,10 @@ impl WorkerService for Coordinator {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let principal = principal_of(&request)?.clone();
         let request = request.into_inner();
         let worker_id: WorkerId = parse_id(&request.worker_id)?;
+        self.check_acts_for(&principal, "Heartbeat", worker_id)?;
         let stop = self
             .mutate(|state| state.heartbeat(worker_id, &request.running, now_ms()))
             .await?;
@@ -751,8 +819,10 @@ impl WorkerService for Coordinator {
         &self,
         request: Request<v1::AcquireTrialRequest>,
     ) -> Result<Response<v1::AcquireTrialResponse>, Status> {
+        let principal = principal_of(&request)?.clone();
         let request = request.into_inner();
         let worker_id: WorkerId = parse_id(&request.worker_id)?;
+        self.check_acts_for(&principal, "AcquireTrial", worker_id)?;
         let wait = Duration::from_millis(u64::from(request.wait_ms.min(MAX_ACQUIRE_WAIT_MS)));
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -786,8 +856,10 @@ impl WorkerService for Coordinator {
         &self,
         request: Request<v1::ReportEpochRequest>,
     ) -> Result<Response<v1::ReportEpochResponse>, Status> {
+        let principal = principal_of(&request)?.clone();
         let request = request.into_inner();
         let attempt = attempt_of(&request.attempt)?;
+        self.check_holds(&principal, "ReportEpoch", attempt)?;
         let metrics = request
             .metrics
             .ok_or_else(|| Status::invalid_argument("missing metrics"))?;
@@ -815,8 +887,10 @@ impl WorkerService for Coordinator {
         &self,
         request: Request<v1::UploadArtifactRequest>,
     ) -> Result<Response<v1::ArtifactRef>, Status> {
+        let principal = principal_of(&request)?.clone();
         let request = request.into_inner();
         let attempt = attempt_of(&request.attempt)?;
+        self.check_holds(&principal, "UploadArtifact", attempt)?;
         let (sweep_id, trial_id) = self
             .lock()
             .artifact_owner(attempt)
@@ -840,14 +914,53 @@ impl WorkerService for Coordinator {
         &self,
         request: Request<v1::CompleteAttemptRequest>,
     ) -> Result<Response<v1::CompleteAttemptResponse>, Status> {
+        let principal = principal_of(&request)?.clone();
         let request = request.into_inner();
         let attempt = attempt_of(&request.attempt)?.clone();
         let outcome = request.outcome;
+        self.check_holds(&principal, "CompleteAttempt", &attempt)?;
         self.mutate(|state| state.complete_attempt(request, now_ms()))
             .await
             .inspect_err(|err| log_rejected("CompleteAttempt", &attempt, err))?;
         self.inner.config.metrics.count_ended(outcome);
         Ok(Response::new(v1::CompleteAttemptResponse {}))
+    }
+}
+
+impl Coordinator {
+    /// Fails with `PERMISSION_DENIED` unless `principal` is the certificate that registered
+    /// `worker_id`. Without mutual TLS every caller is anonymous and may act for any worker.
+    fn check_acts_for(
+        &self,
+        principal: &Principal,
+        rpc: &str,
+        worker_id: WorkerId,
+    ) -> Result<(), Status> {
+        let Principal::Worker { identity } = principal else {
+            return Ok(());
+        };
+        let state = self.read()?;
+        let registered = &state.worker(worker_id)?.identity;
+        if registered == identity {
+            return Ok(());
+        }
+        let status = Status::permission_denied(format!(
+            "certificate {identity:?} cannot act for worker {worker_id}: it registered with another certificate"
+        ));
+        log_refusal(rpc, &format!("certificate {identity:?}"), &status);
+        Err(status)
+    }
+
+    /// Fails with `PERMISSION_DENIED` unless `principal` may act for the worker named in
+    /// `attempt`. The state then checks that this worker has the attempt's lease.
+    fn check_holds(
+        &self,
+        principal: &Principal,
+        rpc: &str,
+        attempt: &v1::AttemptRef,
+    ) -> Result<(), Status> {
+        let worker_id: WorkerId = parse_id(&attempt.worker_id)?;
+        self.check_acts_for(principal, rpc, worker_id)
     }
 }
 

@@ -1398,6 +1398,27 @@ mod tests {
     }
 
     #[test]
+    fn values_list_is_capped() {
+        let num_values = parameters::MAX_VALUES_PER_PARAMETER + 1;
+        let values: Vec<String> = (1..=num_values).map(|i| i.to_string()).collect();
+        let err = parse_err(&spec_text(&format!(
+            "[parameters]\nhidden_size = [{}]",
+            values.join(", ")
+        )));
+        assert_eq!(
+            err,
+            format!("invalid parameters.hidden_size: expected at most 10000 values, got {num_values} values")
+        );
+    }
+
+    #[test]
+    fn max_trials_is_capped() {
+        let err = parse_err(&spec_text("[search]\nmax_trials = 100001"));
+        assert!(err.contains("100001"), "{err}");
+        assert!(err.contains("100000"), "{err}");
+    }
+
+    #[test]
     fn grid_without_parameters_has_one_trial() {
         let spec = parse_ok(&spec_text("[search]\nmethod = \"grid\""));
         assert_eq!(spec.search.max_trials, 1);

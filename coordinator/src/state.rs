@@ -335,6 +335,16 @@ impl Scheduler {
     /// Registers a worker and returns its new id. A worker that restarts registers again and
     /// gets a new id, so the attempts it held before can never report again.
     pub fn register_worker(&mut self, request: v1::RegisterWorkerRequest, now_ms: i64) -> WorkerId {
+        self.register_worker_as(request, String::new(), now_ms)
+    }
+
+    /// Registers a worker that authenticated with the certificate identity `identity`.
+    pub fn register_worker_as(
+        &mut self,
+        request: v1::RegisterWorkerRequest,
+        identity: String,
+        now_ms: i64,
+    ) -> WorkerId {
         let worker_id = WorkerId::new_random();
         let worker = v1::Worker {
             worker_id: worker_id.to_string(),
@@ -346,6 +356,7 @@ impl Scheduler {
             last_heartbeat_ms: now_ms,
             status: v1::WorkerStatus::Active as i32,
             running: Vec::new(),
+            identity,
         };
         self.workers.insert(worker_id, worker);
         self.changes.workers.insert(worker_id);

@@ -55,9 +55,9 @@ RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/tunefleet \
 COPY --from=build /stage/ /
 
 # The binary's built-in run path names the build stage's venv; LD_LIBRARY_PATH points it at
-# the copied libraries instead. The coordinator listens on every interface of the container:
-# publish the port on a private address only (docs/deploy.md), as there is no TLS or
-# authentication yet.
+# the copied libraries instead. The coordinator listens on every interface of the container, so
+# it starts only with TLS, a client CA and tokens set (docs/security.md); publish the port on a
+# private address only (docs/deploy.md).
 ENV LD_LIBRARY_PATH=/opt/torch/lib \
     TUNEFLEET_LISTEN=0.0.0.0:7800 \
     TUNEFLEET_DATA_DIR=/var/lib/tunefleet \

@@ -74,6 +74,9 @@ impl std::str::FromStr for GpuSelection {
 pub struct WorkerConfig {
     /// The coordinator's URL, such as `http://127.0.0.1:7800`.
     pub coordinator_url: String,
+    /// TLS settings and client certificate for the coordinator; the token is not used, since
+    /// workers authenticate with their certificate.
+    pub security: tunefleet_proto::ClientSecurity,
     pub slots: Vec<SlotConfig>,
     /// The program and arguments that start a trainer process.
     pub trainer_command: Vec<OsString>,
@@ -166,8 +169,8 @@ struct FailoverClient {
 }
 
 impl FailoverClient {
-    fn new(urls: &str) -> Result<Self, String> {
-        let clients = tunefleet_proto::coordinator_endpoints(urls)?
+    fn new(urls: &str, tls: Option<&tonic::transport::ClientTlsConfig>) -> Result<Self, String> {
+        let clients = tunefleet_proto::coordinator_endpoints(urls, tls)?
             .into_iter()
             .map(|endpoint| {
                 WorkerServiceClient::new(endpoint.connect_lazy())
@@ -259,8 +262,8 @@ pub async fn run_with_metrics(
         "the trainer command is empty"
     );
     // Connects on first use and reconnects after the coordinator restarts.
-    let client =
-        FailoverClient::new(&config.coordinator_url).map_err(|err| anyhow::anyhow!(err))?;
+    let client = FailoverClient::new(&config.coordinator_url, config.security.tls.as_ref())
+        .map_err(|err| anyhow::anyhow!(err))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown_task = tokio::spawn(async move {
         shutdown.await;

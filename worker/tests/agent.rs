@@ -64,6 +64,7 @@ impl Fleet {
         }
         let worker_config = WorkerConfig {
             coordinator_url: url.clone(),
+            security: tunefleet_proto::ClientSecurity::default(),
             slots: vec![SlotConfig {
                 index: 0,
                 device: "cpu".to_string(),

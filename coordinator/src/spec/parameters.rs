@@ -19,6 +19,9 @@ const INT_DISTRIBUTION_KEYS: &[&str] = &["distribution", "min", "max", "step", "
 const DISTRIBUTIONS: &[&str] = &["uniform", "log_uniform", "normal", "log_normal", "int"];
 /// How far the sum of `weights` may be from 1.
 const WEIGHT_SUM_TOLERANCE: f64 = 1e-6;
+/// Maximum values listed for one parameter. A grid runs at most `MAX_TRIALS` trials anyway,
+/// and a random search draws from the list, so longer lists only cost memory.
+pub(super) const MAX_VALUES_PER_PARAMETER: usize = 10_000;
 
 pub(super) fn parse_parameters(
     section: &Section,
@@ -306,6 +309,13 @@ fn parse_values(
 ) -> Result<Domain, SpecError> {
     if items.is_empty() {
         return Err(invalid(path, "at least one value", "an empty array"));
+    }
+    if items.len() > MAX_VALUES_PER_PARAMETER {
+        return Err(invalid(
+            path,
+            &format!("at most {MAX_VALUES_PER_PARAMETER} values"),
+            &format!("{} values", items.len()),
+        ));
     }
     let mut values = Vec::with_capacity(items.len());
     let mut first_index = HashMap::with_capacity(items.len());
