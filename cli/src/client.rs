@@ -356,6 +356,8 @@ pub async fn trial(connection: Connection, command: TrialCommand) -> anyhow::Res
     if json {
         let mut value = report::trial_json(&trial);
         value["history"] = report::history_json(&trial);
+        value["final_metrics"] = report::final_metrics_json(&trial);
+        value["confusion_matrices"] = report::confusion_json(&trial);
         crate::report::stdout_line(format_args!("{}", serde_json::to_string_pretty(&value)?));
     } else {
         crate::report::stdout_text(format_args!("{}", report::render_trial(&trial)));

@@ -346,6 +346,22 @@ pub fn render_trials(trials: &[&v1::Trial], objective_metric: &str) -> String {
     table(&rows)
 }
 
+/// Renders a confusion matrix with true classes as rows and predicted classes as columns.
+fn render_confusion(matrix: &v1::ConfusionMatrix) -> String {
+    let num_classes = matrix.num_classes as usize;
+    let mut rows = vec![std::iter::once("true \\ predicted".to_string())
+        .chain((0..num_classes).map(|c| c.to_string()))
+        .collect::<Vec<_>>()];
+    for (class, counts) in matrix.counts.chunks(num_classes.max(1)).enumerate() {
+        rows.push(
+            std::iter::once(class.to_string())
+                .chain(counts.iter().map(u64::to_string))
+                .collect(),
+        );
+    }
+    format!("\n{} confusion matrix:\n{}", matrix.split, table(&rows))
+}
+
 /// Renders one trial: parameters, attempts and metric history.
 pub fn render_trial(trial: &v1::Trial) -> String {
     let mut out = String::new();
@@ -367,6 +383,9 @@ pub fn render_trial(trial: &v1::Trial) -> String {
     }
     for metric in &trial.final_metrics {
         let _ = writeln!(out, "{}: {:.4}", metric.name, metric.value);
+    }
+    for matrix in &trial.confusion_matrices {
+        out.push_str(&render_confusion(matrix));
     }
     let mut attempts = vec![vec![
         "attempt".to_string(),
@@ -616,6 +635,32 @@ pub fn trial_json(trial: &v1::Trial) -> serde_json::Value {
         "duration_seconds": duration_seconds(trial),
         "reason": trial.reason,
     })
+}
+
+/// Returns the final metrics as an object of name to value.
+pub fn final_metrics_json(trial: &v1::Trial) -> serde_json::Value {
+    let metrics: serde_json::Map<String, serde_json::Value> = trial
+        .final_metrics
+        .iter()
+        .map(|m| (m.name.clone(), json!(m.value)))
+        .collect();
+    serde_json::Value::Object(metrics)
+}
+
+/// Returns the confusion matrices by split, each a list of rows of counts by predicted class.
+pub fn confusion_json(trial: &v1::Trial) -> serde_json::Value {
+    let matrices: serde_json::Map<String, serde_json::Value> = trial
+        .confusion_matrices
+        .iter()
+        .map(|matrix| {
+            let rows: Vec<&[u64]> = matrix
+                .counts
+                .chunks((matrix.num_classes as usize).max(1))
+                .collect();
+            (matrix.split.clone(), json!(rows))
+        })
+        .collect();
+    serde_json::Value::Object(matrices)
 }
 
 fn attempt_json(attempt: &v1::Attempt) -> serde_json::Value {

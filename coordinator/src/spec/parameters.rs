@@ -197,6 +197,7 @@ fn check_distribution_kind(
             "use distribution = \"uniform\" or \"log_uniform\"",
         ),
         Kind::String => ("a string", "use values = [...]"),
+        Kind::Bool => ("a bool", "use values = [true, false]"),
     };
     let required_kind = if needed == Kind::Int { "int" } else { "float" };
     Err(SpecError(format!(
