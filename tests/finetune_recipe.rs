@@ -106,8 +106,11 @@ fn cifar10_resnet18_recipe_runs() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "stderr:\n{stderr}");
 
-    let store = EmbeddedStore::open(&data_dir).expect("failed to reopen the store");
-    let trials = store.load().expect("failed to load the store").trials;
+    // The store is closed again before `tunefleet export` opens it.
+    let trials = {
+        let store = EmbeddedStore::open(&data_dir).expect("failed to reopen the store");
+        store.load().expect("failed to load the store").trials
+    };
     assert_eq!(trials.len(), 2);
     for trial in &trials {
         assert_eq!(trial.status, TrialStatus::Succeeded as i32, "{trial:?}");
@@ -126,4 +129,57 @@ fn cifar10_resnet18_recipe_runs() {
     }
     let checkpoints = files_named(&data_dir, "checkpoint.safetensors");
     assert_eq!(checkpoints.len(), 2, "{checkpoints:?}");
+
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let sweep_id = report["sweep"]["sweep_id"].as_str().unwrap();
+    check_export(
+        sweep_id,
+        &data_dir,
+        &work.path().join("export"),
+        &checkpoints,
+    );
+}
+
+/// Exports the sweep and checks the manifest and that every exported file is a safetensors
+/// file of a 10-class ResNet-18 with the bytes of a stored checkpoint.
+fn check_export(sweep_id: &str, data_dir: &Path, out: &Path, checkpoints: &[PathBuf]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tunefleet"))
+        .args(["export", sweep_id, "--data-dir"])
+        .arg(data_dir)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("failed to start tunefleet");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr:\n{stderr}");
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["architecture"], "resnet18");
+    let members = manifest["ensemble"]["members"].as_array().unwrap();
+    assert!(!members.is_empty(), "{manifest}");
+    let weight_sum: f64 = members.iter().map(|m| m["weight"].as_f64().unwrap()).sum();
+    assert!((weight_sum - 1.0).abs() < 1e-9, "{manifest}");
+    let stored: Vec<Vec<u8>> = checkpoints
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    for trial in manifest["trials"].as_array().unwrap() {
+        assert_eq!(trial["parameters"]["freeze_backbone"], true, "{trial}");
+        assert!(trial["parameters"]["lr"].is_f64(), "{trial}");
+        let bytes = std::fs::read(out.join(trial["file"].as_str().unwrap())).unwrap();
+        assert!(
+            stored.contains(&bytes),
+            "{trial} matches no stored checkpoint"
+        );
+        let header = safetensors_header(&bytes);
+        assert_eq!(header["fc.weight"]["shape"], serde_json::json!([10, 512]));
+        assert_eq!(header["conv1.weight"]["dtype"], "F32");
+    }
+}
+
+/// Reads a safetensors header: an 8-byte little-endian length, then that many bytes of JSON.
+fn safetensors_header(bytes: &[u8]) -> serde_json::Value {
+    let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[8..8 + length]).unwrap()
 }

@@ -80,7 +80,9 @@ pub enum TrialCommand {
     },
 }
 
-async fn connect(connection: &Connection) -> anyhow::Result<SweepServiceClient<Channel>> {
+pub(crate) async fn connect(
+    connection: &Connection,
+) -> anyhow::Result<SweepServiceClient<Channel>> {
     let channel = tunefleet_proto::connect_coordinator(&connection.coordinator)
         .await
         .map_err(|err| anyhow::anyhow!(err))?;
@@ -88,7 +90,7 @@ async fn connect(connection: &Connection) -> anyhow::Result<SweepServiceClient<C
     Ok(client.max_decoding_message_size(64 * 1024 * 1024))
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 

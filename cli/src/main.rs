@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod client;
+mod export;
 mod report;
 mod run;
 mod serve;
@@ -62,6 +63,13 @@ enum Command {
         connection: client::Connection,
         #[command(subcommand)]
         command: client::TrialCommand,
+    },
+    /// Write the weights of a sweep's best trial and ensemble members with a manifest.
+    Export {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(flatten)]
+        args: export::ExportArgs,
     },
     /// Show a sweep's ensemble beside its best trial.
     Ensemble {
@@ -150,6 +158,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             json,
         } => client::ensemble(connection, sweep_id, json).await?,
         Command::Workers { connection, json } => client::workers(connection, json).await?,
+        Command::Export { connection, args } => export::export(connection, args).await?,
         Command::TrainTrial => unreachable!("handled before the runtime starts"),
     }
     Ok(ExitCode::SUCCESS)
