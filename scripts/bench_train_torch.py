@@ -17,7 +17,7 @@ from torch_resnet import ResNet  # noqa: E402
 
 
 def cnn(channels=16, num_classes=10):
-    """The trainer's cnn: two 3x3 convolutions, a 2x2 max pool, a hidden layer and a head."""
+    """Build the trainer's cnn: two 3x3 convolutions, a 2x2 max pool, a hidden layer and a head."""
     return nn.Sequential(
         nn.Conv2d(3, channels, 3, padding=1),
         nn.ReLU(),

@@ -50,7 +50,7 @@ fn export_resnet18(path: &Path) {
     assert!(status.success(), "exporting the PyTorch ResNet-18 failed");
 }
 
-/// The recipe with two trials of two epochs: the backbone unfreezes in epoch 2.
+/// Returns the recipe shrunk to two trials of two epochs, the backbone unfreezing in epoch 2.
 fn shrunk_recipe() -> String {
     let recipe = std::fs::read_to_string(repo_path("examples/cifar10-resnet18.toml")).unwrap();
     let shrunk = recipe

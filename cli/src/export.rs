@@ -28,7 +28,7 @@ pub struct ExportArgs {
     data_dir: Option<PathBuf>,
 }
 
-/// What an export needs from a sweep.
+/// The records of a sweep that an export reads.
 struct SweepRecords {
     sweep: v1::Sweep,
     trials: Vec<v1::Trial>,
@@ -138,7 +138,7 @@ async fn remote_records(
     })
 }
 
-/// The best trial, then the ensemble members in the ensemble's order, each once.
+/// Returns the best trial, then the ensemble members in the ensemble's order, each once.
 fn exported_trials(records: &SweepRecords) -> Vec<&v1::Trial> {
     let mut ids = vec![records.ensemble.best_trial_id.as_str()];
     for member in &records.ensemble.members {

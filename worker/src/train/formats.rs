@@ -11,8 +11,8 @@ use super::shuffle;
 
 /// Bytes of one CIFAR-10 record: a label byte, then 32 x 32 pixels of red, green and blue.
 const CIFAR_RECORD_BYTES: usize = 1 + 3 * 32 * 32;
-/// CIFAR-10's per-channel mean and standard deviation of the training pixels scaled to [0, 1],
-/// the values torchvision's CIFAR examples normalise with.
+/// The per-channel mean and standard deviation of CIFAR-10's 50,000 training images, with
+/// pixels scaled to [0, 1].
 pub const CIFAR_MEAN: [f64; 3] = [0.4914, 0.4822, 0.4465];
 pub const CIFAR_STD: [f64; 3] = [0.2470, 0.2435, 0.2616];
 /// The share of the training rows held out for validation when a format has no validation
@@ -207,10 +207,12 @@ fn idx_dims(path: &Path, bytes: &[u8], num_dims: usize) -> Result<Vec<i64>, Form
     Ok(dims)
 }
 
-/// Reads CSV data with a header row: either one `.csv` file, whose rows are shuffled and split
-/// into 80% train, 10% validation and 10% test, or a directory with `train.csv`, `test.csv` and
-/// optionally `val.csv` (otherwise the last tenth of the shuffled training rows). The column
-/// named `label_column` holds class ids >= 0 and every other column a float feature.
+/// Reads CSV data with a header row from one `.csv` file or a directory.
+///
+/// The rows of one file are shuffled and split into 80% train, 10% validation and 10% test. A
+/// directory has `train.csv`, `test.csv` and optionally `val.csv`; without it, the last tenth
+/// of the shuffled training rows is the validation split. The column named `label_column`
+/// contains class ids >= 0 and every other column a float feature.
 pub fn read_csv(path: &Path, label_column: &str) -> Result<RawSplits, FormatError> {
     if path.is_file() {
         let (all, _) = csv_split(path, label_column)?;
@@ -335,7 +337,7 @@ mod tests {
 
     use super::*;
 
-    /// A CIFAR record whose label is `label` and whose pixels are all `value`.
+    /// Builds a CIFAR record whose label is `label` and whose pixels are all `value`.
     fn cifar_record(label: u8, value: u8) -> Vec<u8> {
         let mut record = vec![value; CIFAR_RECORD_BYTES];
         record[0] = label;
@@ -362,7 +364,7 @@ mod tests {
         assert_eq!(splits.train.0.size(), vec![9, 3, 32, 32]);
         assert_eq!(splits.val.0.size(), vec![1, 3, 32, 32]);
         assert_eq!(Vec::<i64>::try_from(&splits.test.1).unwrap(), vec![7]);
-        // Every pixel of the test image is 255, so each channel holds (1 - mean) / std.
+        // Every pixel of the test image is 255, so each channel is (1 - mean) / std.
         for channel in 0..3 {
             let value = splits.test.0.double_value(&[0, channel, 5, 9]);
             let expected = (1.0 - CIFAR_MEAN[channel as usize]) / CIFAR_STD[channel as usize];

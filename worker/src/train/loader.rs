@@ -156,7 +156,7 @@ mod tests {
         let x = Tensor::ones([1, 1, 2, 2], (Kind::Float, Device::Cpu));
         let out = augment(&x, augmentation, &mut SplitMix64::new(5, 1, 0)).unwrap();
         let sum = out.sum(Kind::Float).double_value(&[]);
-        // A 2x2 window of a 4x4 image with a ring of zeros holds 1 to 4 of the original ones.
+        // A 2x2 window of a 4x4 image with a ring of zeros contains 1 to 4 of the original ones.
         assert!((1.0..=4.0).contains(&sum), "{sum}");
     }
 

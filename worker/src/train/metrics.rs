@@ -16,7 +16,7 @@ pub struct ClassMetrics {
 /// Computes the metrics of `predicted` against `labels`.
 ///
 /// The macro averages run over the classes that occur in `labels` or in `predicted`, as
-/// scikit-learn's do; a class's precision, recall or F1 whose denominator is zero counts as 0.
+/// scikit-learn's do. A class's precision, recall or F1 whose denominator is zero counts as 0.
 /// Every id must be below `num_classes`.
 pub fn class_metrics(predicted: &[i64], labels: &[i64], num_classes: usize) -> ClassMetrics {
     let mut confusion = vec![vec![0u64; num_classes]; num_classes];

@@ -56,7 +56,7 @@ pub struct TrainJob {
 /// An epoch metric and whether higher is better.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Objective {
-    /// A name that [`EpochReport::metric`] knows.
+    /// A name that [`EpochReport::metric`] returns a value for.
     pub metric: String,
     pub maximize: bool,
 }

@@ -261,7 +261,8 @@ fn torchscript(root: &nn::Path, path: &Path) -> Result<Network, TchError> {
     })
 }
 
-/// A TorchScript module that switches between its train and eval mode as each forward asks.
+/// A TorchScript module switched to train or eval mode before each forward, as the caller
+/// requests.
 #[derive(Debug)]
 struct ScriptedModule {
     module: Mutex<TrainableCModule>,

@@ -7,7 +7,7 @@ use tch::{nn, Tensor};
 
 use super::TrainError;
 
-/// What loading a pretrained file did to each variable of the model.
+/// The outcome of loading a pretrained file, by variable and tensor name.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct PretrainedReport {
     /// The file's path as given.
