@@ -343,8 +343,8 @@ fn torchscript_rejects_frozen_backbone() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = dir.path().join("images.npz");
     write_images(&dataset);
-    let module = dir.path().join("net.pt");
-    script_module(&module);
+    // The config is checked before the module is read, so the file need not exist.
+    let module = dir.path().join("missing.pt");
     let params = [("freeze_backbone", Value::Bool(true))];
     let mut job = job(&dataset, "torchscript", &params, 1);
     job.module = Some(module);

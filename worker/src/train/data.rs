@@ -10,6 +10,9 @@ use super::formats::{self, RawSplits};
 use super::TrainError;
 
 /// Dataset formats the trainer reads.
+// TODO: an image-folder format (one directory per class of PNG and JPEG files, resized to a
+// configured size) and task keys for per-channel normalisation. Only CIFAR-10 is normalised,
+// with its own fixed mean and standard deviation.
 pub const FORMATS: &[&str] = &["npz", "cifar10", "mnist", "csv"];
 
 /// The array names of a dataset file, in the order they are checked.

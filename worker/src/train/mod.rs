@@ -206,13 +206,6 @@ pub fn train(
         dataset.num_classes,
         job.module.as_deref(),
     )?;
-    if job.config.freeze_backbone && !net.has_backbone() {
-        return Err(TrainError::Config(format!(
-            "freeze_backbone needs a model with a separate head, but model {:?} trains the \
-             module as a whole",
-            job.config.model
-        )));
-    }
     let pretrained = match &job.pretrained {
         Some(path) => Some(load_pretrained(&vars, path)?),
         None => None,
@@ -305,6 +298,13 @@ fn check_job(job: &TrainJob) -> Result<(), TrainError> {
             "invalid epochs {}: expected at least 1",
             job.epochs
         )));
+    }
+    if job.config.freeze_backbone && job.config.model == "torchscript" {
+        return Err(TrainError::Config(
+            "freeze_backbone needs a model with a separate head, but model \"torchscript\" \
+             trains the module as a whole"
+                .to_string(),
+        ));
     }
     if job.config.patience > 0 && job.objective.is_none() {
         return Err(TrainError::Config(

@@ -1,9 +1,10 @@
 //! Builds the network and the optimizer that a [`TrainConfig`] names.
 //!
 //! Every network is a backbone followed by a head, the classifier layer sized to the dataset's
-//! class count. The head's variables live under [`Network::head_prefix`] (`fc` for the ResNets,
-//! as in torchvision, and `head` for the others) and belong to optimizer group [`HEAD_GROUP`];
-//! the backbone's belong to [`BACKBONE_GROUP`], so the two can train at different rates.
+//! class count. The head's variables are named `fc.*` in the ResNets, as in torchvision, and
+//! `head.*` in the others. They belong to optimizer group [`HEAD_GROUP`] and the backbone's to
+//! [`BACKBONE_GROUP`], so the two can train at different rates. A TorchScript module is all
+//! head, because the trainer cannot tell its layers apart.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -26,8 +27,6 @@ pub(super) const HEAD_GROUP: usize = 1;
 pub(super) struct Network {
     backbone: Box<dyn ModuleT>,
     head: Box<dyn ModuleT>,
-    /// The first component of every head variable's name.
-    pub head_prefix: &'static str,
 }
 
 impl Network {
@@ -40,12 +39,6 @@ impl Network {
             self.backbone.forward_t(x, train)
         };
         self.head.forward_t(&features, train)
-    }
-
-    /// Tells whether the network has a backbone apart from its head. A TorchScript module is
-    /// all head: the trainer cannot tell its layers apart.
-    pub fn has_backbone(&self) -> bool {
-        !self.head_prefix.is_empty()
     }
 }
 
@@ -144,7 +137,6 @@ fn mlp(
     Network {
         backbone: Box::new(backbone),
         head: Box::new(head),
-        head_prefix: "head",
     }
 }
 
@@ -203,7 +195,6 @@ fn cnn(
     Network {
         backbone: Box::new(backbone),
         head: Box::new(head),
-        head_prefix: "head",
     }
 }
 
@@ -242,7 +233,6 @@ fn resnet(
     Network {
         backbone: Box::new(backbone),
         head: Box::new(head),
-        head_prefix: "fc",
     }
 }
 
@@ -257,7 +247,6 @@ fn torchscript(root: &nn::Path, path: &Path) -> Result<Network, TchError> {
             module: Mutex::new(module),
         }),
         head: Box::new(identity),
-        head_prefix: "",
     })
 }
 
