@@ -560,6 +560,8 @@ pub fn render_ensemble(out: &mut String, ensemble: &v1::EnsembleSummary) {
             "val_loss".into(),
             "test_accuracy".into(),
             "test_loss".into(),
+            "val_macro_f1".into(),
+            "test_macro_f1".into(),
         ],
         vec![
             format!("best trial #{}", ensemble.best_trial_index),
@@ -567,6 +569,8 @@ pub fn render_ensemble(out: &mut String, ensemble: &v1::EnsembleSummary) {
             format!("{:.4}", ensemble.best_val_loss),
             format!("{:.4}", ensemble.best_test_accuracy),
             format!("{:.4}", ensemble.best_test_loss),
+            format!("{:.4}", ensemble.best_val_macro_f1),
+            format!("{:.4}", ensemble.best_test_macro_f1),
         ],
         vec![
             "ensemble".to_string(),
@@ -574,6 +578,8 @@ pub fn render_ensemble(out: &mut String, ensemble: &v1::EnsembleSummary) {
             format!("{:.4}", ensemble.val_loss),
             format!("{:.4}", ensemble.test_accuracy),
             format!("{:.4}", ensemble.test_loss),
+            format!("{:.4}", ensemble.val_macro_f1),
+            format!("{:.4}", ensemble.test_macro_f1),
         ],
     ];
     out.push_str(&table(&rows));
@@ -746,7 +752,11 @@ pub fn ensemble_json(e: &v1::EnsembleSummary) -> serde_json::Value {
             "val_loss": e.best_val_loss,
             "test_accuracy": e.best_test_accuracy,
             "test_loss": e.best_test_loss,
+            "val_macro_f1": e.best_val_macro_f1,
+            "test_macro_f1": e.best_test_macro_f1,
         },
+        "val_macro_f1": e.val_macro_f1,
+        "test_macro_f1": e.test_macro_f1,
     })
 }
 
