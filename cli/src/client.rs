@@ -109,7 +109,9 @@ pub enum TrialCommand {
     },
 }
 
-async fn connect(connection: &Connection) -> anyhow::Result<SweepServiceClient<AuthChannel>> {
+pub(crate) async fn connect(
+    connection: &Connection,
+) -> anyhow::Result<SweepServiceClient<AuthChannel>> {
     let security = connection.security()?;
     let channel = security
         .connect(&connection.coordinator)
@@ -119,7 +121,7 @@ async fn connect(connection: &Connection) -> anyhow::Result<SweepServiceClient<A
     Ok(client.max_decoding_message_size(64 * 1024 * 1024))
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
@@ -395,6 +397,8 @@ pub async fn trial(connection: Connection, command: TrialCommand) -> anyhow::Res
     if json {
         let mut value = report::trial_json(&trial);
         value["history"] = report::history_json(&trial);
+        value["final_metrics"] = report::final_metrics_json(&trial);
+        value["confusion_matrices"] = report::confusion_json(&trial);
         crate::report::stdout_line(format_args!("{}", serde_json::to_string_pretty(&value)?));
     } else {
         crate::report::stdout_text(format_args!("{}", report::render_trial(&trial)));

@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 mod certs;
 mod client;
 mod doctor;
+mod export;
 mod report;
 mod run;
 mod serve;
@@ -82,6 +83,13 @@ enum Command {
         connection: client::Connection,
         #[command(subcommand)]
         command: client::TrialCommand,
+    },
+    /// Write the weights of a sweep's best trial and ensemble members with a manifest.
+    Export {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(flatten)]
+        args: export::ExportArgs,
     },
     /// Show a sweep's ensemble beside its best trial.
     Ensemble {
@@ -187,6 +195,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Workers { connection, json } => client::workers(connection, json).await?,
         Command::Doctor(args) => return doctor::run(args).await,
         Command::Certs { command } => certs::certs(command)?,
+        Command::Export { connection, args } => export::export(connection, args).await?,
         Command::TrainTrial => unreachable!("handled before the runtime starts"),
     }
     Ok(ExitCode::SUCCESS)

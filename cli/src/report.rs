@@ -368,6 +368,22 @@ pub fn render_trials(trials: &[&v1::Trial], objective_metric: &str) -> String {
     table(&rows)
 }
 
+/// Renders a confusion matrix with true classes as rows and predicted classes as columns.
+fn render_confusion(matrix: &v1::ConfusionMatrix) -> String {
+    let num_classes = matrix.num_classes as usize;
+    let mut rows = vec![std::iter::once("true \\ predicted".to_string())
+        .chain((0..num_classes).map(|c| c.to_string()))
+        .collect::<Vec<_>>()];
+    for (class, counts) in matrix.counts.chunks(num_classes.max(1)).enumerate() {
+        rows.push(
+            std::iter::once(class.to_string())
+                .chain(counts.iter().map(u64::to_string))
+                .collect(),
+        );
+    }
+    format!("\n{} confusion matrix:\n{}", matrix.split, table(&rows))
+}
+
 /// Renders one trial: parameters, attempts and metric history.
 pub fn render_trial(trial: &v1::Trial) -> String {
     let mut out = String::new();
@@ -389,6 +405,9 @@ pub fn render_trial(trial: &v1::Trial) -> String {
     }
     for metric in &trial.final_metrics {
         let _ = writeln!(out, "{}: {:.4}", metric.name, metric.value);
+    }
+    for matrix in &trial.confusion_matrices {
+        out.push_str(&render_confusion(matrix));
     }
     let mut attempts = vec![vec![
         "attempt".to_string(),
@@ -565,6 +584,8 @@ pub fn render_ensemble(out: &mut String, ensemble: &v1::EnsembleSummary) {
             "val_loss".into(),
             "test_accuracy".into(),
             "test_loss".into(),
+            "val_macro_f1".into(),
+            "test_macro_f1".into(),
         ],
         vec![
             format!("best trial #{}", ensemble.best_trial_index),
@@ -572,6 +593,8 @@ pub fn render_ensemble(out: &mut String, ensemble: &v1::EnsembleSummary) {
             format!("{:.4}", ensemble.best_val_loss),
             format!("{:.4}", ensemble.best_test_accuracy),
             format!("{:.4}", ensemble.best_test_loss),
+            format!("{:.4}", ensemble.best_val_macro_f1),
+            format!("{:.4}", ensemble.best_test_macro_f1),
         ],
         vec![
             "ensemble".to_string(),
@@ -579,6 +602,8 @@ pub fn render_ensemble(out: &mut String, ensemble: &v1::EnsembleSummary) {
             format!("{:.4}", ensemble.val_loss),
             format!("{:.4}", ensemble.test_accuracy),
             format!("{:.4}", ensemble.test_loss),
+            format!("{:.4}", ensemble.val_macro_f1),
+            format!("{:.4}", ensemble.test_macro_f1),
         ],
     ];
     out.push_str(&table(&rows));
@@ -640,6 +665,32 @@ pub fn trial_json(trial: &v1::Trial) -> serde_json::Value {
         "duration_seconds": duration_seconds(trial),
         "reason": trial.reason,
     })
+}
+
+/// Returns the final metrics as an object of name to value.
+pub fn final_metrics_json(trial: &v1::Trial) -> serde_json::Value {
+    let metrics: serde_json::Map<String, serde_json::Value> = trial
+        .final_metrics
+        .iter()
+        .map(|m| (m.name.clone(), json!(m.value)))
+        .collect();
+    serde_json::Value::Object(metrics)
+}
+
+/// Returns the confusion matrices by split, each a list of rows of counts by predicted class.
+pub fn confusion_json(trial: &v1::Trial) -> serde_json::Value {
+    let matrices: serde_json::Map<String, serde_json::Value> = trial
+        .confusion_matrices
+        .iter()
+        .map(|matrix| {
+            let rows: Vec<&[u64]> = matrix
+                .counts
+                .chunks((matrix.num_classes as usize).max(1))
+                .collect();
+            (matrix.split.clone(), json!(rows))
+        })
+        .collect();
+    serde_json::Value::Object(matrices)
 }
 
 fn attempt_json(attempt: &v1::Attempt) -> serde_json::Value {
@@ -727,7 +778,11 @@ pub fn ensemble_json(e: &v1::EnsembleSummary) -> serde_json::Value {
             "val_loss": e.best_val_loss,
             "test_accuracy": e.best_test_accuracy,
             "test_loss": e.best_test_loss,
+            "val_macro_f1": e.best_val_macro_f1,
+            "test_macro_f1": e.best_test_macro_f1,
         },
+        "val_macro_f1": e.val_macro_f1,
+        "test_macro_f1": e.test_macro_f1,
     })
 }
 

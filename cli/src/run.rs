@@ -152,15 +152,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// missing dataset fails at once with one clear message.
 fn load_spec(path: &Path) -> anyhow::Result<(String, String)> {
     let (spec, text, base_dir) = crate::client::read_spec(path)?;
-    if !spec.task.dataset.is_file() {
+    if !spec.task.dataset.exists() {
         bail!(
             "dataset {} not found (task.dataset in {})",
             spec.task.dataset.display(),
             path.display()
         );
     }
-    tunefleet_worker::train::check_dataset(&spec.task.dataset, &spec.task.model)
+    let options = tunefleet_worker::train::DataOptions {
+        format: spec.task.format.clone(),
+        label_column: spec.task.label_column.clone(),
+    };
+    tunefleet_worker::train::check_dataset(&spec.task.dataset, &options, &spec.task.model)
         .with_context(|| format!("invalid task.dataset in {}", path.display()))?;
+    for (key, file) in [
+        ("task.pretrained", &spec.task.pretrained),
+        ("task.module", &spec.task.module),
+    ] {
+        if let Some(file) = file.as_ref().filter(|file| !file.is_file()) {
+            bail!("{key} {} not found (in {})", file.display(), path.display());
+        }
+    }
     Ok((text, base_dir))
 }
 

@@ -228,6 +228,13 @@ impl SweepService for Gate {
     gate_unary!(
         SweepService,
         sweeps,
+        get_artifact,
+        v1::GetArtifactRequest,
+        v1::GetArtifactResponse
+    );
+    gate_unary!(
+        SweepService,
+        sweeps,
         list_workers,
         v1::ListWorkersRequest,
         v1::ListWorkersResponse

@@ -15,6 +15,9 @@ pub enum SelectionMetric {
     Accuracy,
     /// Mean negative log-likelihood of the label; lower is better.
     Loss,
+    /// The unweighted mean over classes of F1, over the classes that occur as a label or a
+    /// prediction; higher is better.
+    MacroF1,
 }
 
 /// Class probabilities of one data split, row-major `num_rows x num_classes`, with labels.
@@ -164,6 +167,14 @@ pub fn log_loss(predictions: &Predictions) -> f64 {
     SelectionMetric::Loss.score(predictions)
 }
 
+/// Returns the macro-averaged F1 of the arg-max classes, as scikit-learn's
+/// `f1_score(average="macro")` over the classes that occur as a label or a prediction.
+///
+/// Returns NaN for malformed predictions, as [`accuracy`] does.
+pub fn macro_f1(predictions: &Predictions) -> f64 {
+    SelectionMetric::MacroF1.score(predictions)
+}
+
 impl SelectionMetric {
     /// Scores `predictions` alone, or returns NaN when they are malformed.
     fn score(self, predictions: &Predictions) -> f64 {
@@ -180,7 +191,7 @@ impl SelectionMetric {
     /// Returns whether `score` is strictly better than `other`, so equal scores are not.
     fn is_better(self, score: f64, other: f64) -> bool {
         match self {
-            SelectionMetric::Accuracy => score > other,
+            SelectionMetric::Accuracy | SelectionMetric::MacroF1 => score > other,
             SelectionMetric::Loss => score < other,
         }
     }
@@ -259,6 +270,8 @@ struct RowScores {
     num_rows: usize,
     num_correct: usize,
     loss_sum: f64,
+    /// Per class: true positives, rows with this label, rows predicted as this class.
+    class_counts: Vec<[u64; 3]>,
 }
 
 impl RowScores {
@@ -268,6 +281,7 @@ impl RowScores {
             num_rows: 0,
             num_correct: 0,
             loss_sum: 0.0,
+            class_counts: Vec::new(),
         }
     }
 
@@ -280,6 +294,17 @@ impl RowScores {
                 }
             }
             SelectionMetric::Loss => self.loss_sum += row_log_loss(row, label),
+            SelectionMetric::MacroF1 => {
+                if self.class_counts.len() < row.len() {
+                    self.class_counts.resize(row.len(), [0; 3]);
+                }
+                let predicted = predicted_class(row);
+                if predicted == label {
+                    self.class_counts[label][0] += 1;
+                }
+                self.class_counts[label][1] += 1;
+                self.class_counts[predicted][2] += 1;
+            }
         }
     }
 
@@ -288,6 +313,19 @@ impl RowScores {
         match self.metric {
             SelectionMetric::Accuracy => self.num_correct as f64 / num_rows,
             SelectionMetric::Loss => self.loss_sum / num_rows,
+            SelectionMetric::MacroF1 => {
+                // F1 = 2 * precision * recall / (precision + recall) = 2 tp / (labelled +
+                // predicted), which is 0 when tp is 0.
+                let present = self.class_counts.iter().filter(|c| c[1] + c[2] > 0);
+                let (num_present, f1_sum) = present.fold((0, 0.0), |(n, sum), c| {
+                    (n + 1, sum + 2.0 * c[0] as f64 / (c[1] + c[2]) as f64)
+                });
+                if num_present == 0 {
+                    f64::NAN
+                } else {
+                    f1_sum / f64::from(num_present)
+                }
+            }
         }
     }
 }
@@ -445,6 +483,23 @@ mod tests {
     const LABELS: [i64; 4] = [0, 1, 0, 1];
 
     /// Builds two-class predictions from each row's probability of its label.
+    #[test]
+    fn macro_f1_matches_hand_computation() {
+        // Labels 0,0,1,2 predicted as 0,1,1,2: F1 of class 0 is 2/3, class 1 2/3, class 2 1.
+        let predictions = Predictions {
+            num_classes: 3,
+            probabilities: vec![
+                0.8, 0.1, 0.1, //
+                0.2, 0.7, 0.1, //
+                0.1, 0.8, 0.1, //
+                0.1, 0.1, 0.8,
+            ],
+            labels: vec![0, 0, 1, 2],
+        };
+        let expected = (2.0 / 3.0 + 2.0 / 3.0 + 1.0) / 3.0;
+        assert!((macro_f1(&predictions) - expected).abs() < 1e-12);
+    }
+
     fn binary(labels: &[i64], label_probabilities: &[f32]) -> Predictions {
         let probabilities = labels
             .iter()

@@ -716,6 +716,35 @@ impl SweepService for Coordinator {
         let sweep_id: SweepId = parse_id(&request.get_ref().sweep_id)?;
         Ok(Response::new(self.ensemble(sweep_id)?))
     }
+
+    async fn get_artifact(
+        &self,
+        request: Request<v1::GetArtifactRequest>,
+    ) -> Result<Response<v1::GetArtifactResponse>, Status> {
+        let request = request.into_inner();
+        let trial_id: TrialId = parse_id(&request.trial_id)?;
+        let artifact = {
+            let state = self.read()?;
+            let trial = state.trial(trial_id)?;
+            let found = trial.artifacts.iter().find(|a| a.name == request.name);
+            found.cloned().ok_or_else(|| {
+                Status::not_found(format!(
+                    "trial {trial_id} has no artifact {:?}",
+                    request.name
+                ))
+            })?
+        };
+        let content = self.inner.artifacts.get(&artifact).map_err(|err| {
+            Status::internal(format!(
+                "failed to read artifact {:?}: {err}",
+                artifact.name
+            ))
+        })?;
+        Ok(Response::new(v1::GetArtifactResponse {
+            artifact: Some(artifact),
+            content,
+        }))
+    }
 }
 
 impl Coordinator {

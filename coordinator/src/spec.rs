@@ -61,13 +61,31 @@ const TPE_KEYS: &[&str] = &[
     "prior_weight",
     "multivariate",
 ];
-const TASK_KEYS: &[&str] = &["model", "dataset", "epochs", "hyperparameters"];
+const TASK_KEYS: &[&str] = &[
+    "model",
+    "dataset",
+    "format",
+    "label_column",
+    "pretrained",
+    "module",
+    "epochs",
+    "hyperparameters",
+];
+/// Dataset formats the trainer reads; `format` unset infers one from the dataset path.
+const FORMATS: &[&str] = &["npz", "cifar10", "mnist", "csv"];
 const ENSEMBLE_KEYS: &[&str] = &["size", "init_size", "metric"];
 
-const OBJECTIVE_METRICS: &[&str] = &["val_accuracy", "val_loss", "train_loss"];
+const OBJECTIVE_METRICS: &[&str] = &[
+    "val_accuracy",
+    "val_loss",
+    "train_loss",
+    "val_macro_f1",
+    "val_macro_precision",
+    "val_macro_recall",
+];
 const GOALS: &[&str] = &["maximize", "minimize"];
 const METHODS: &[&str] = &["grid", "random", "sobol", "tpe"];
-const SELECTION_METRICS: &[&str] = &["accuracy", "loss"];
+const SELECTION_METRICS: &[&str] = &["accuracy", "loss", "macro_f1"];
 
 /// A validated sweep spec. Every key of `docs/spec.md` maps onto one field.
 #[derive(Debug, Clone, PartialEq)]
@@ -214,8 +232,16 @@ pub enum Domain {
 pub struct TaskSpec {
     /// One of `tunefleet_proto::hyper::MODELS`.
     pub model: String,
-    /// The dataset file, resolved against the spec's base directory.
+    /// The dataset file or directory, resolved against the spec's base directory.
     pub dataset: PathBuf,
+    /// One of `npz`, `cifar10`, `mnist`, `csv`; `None` lets the trainer infer it.
+    pub format: Option<String>,
+    /// The label column of a CSV dataset; `None` means "label".
+    pub label_column: Option<String>,
+    /// Weights to start from, resolved against the spec's base directory.
+    pub pretrained: Option<PathBuf>,
+    /// The TorchScript module of model "torchscript", resolved against the base directory.
+    pub module: Option<PathBuf>,
     pub epochs: u32,
     /// Fixed hyperparameters, in declaration order.
     pub hyperparameters: Vec<(String, Value)>,
@@ -313,8 +339,8 @@ fn parse_objective(section: &Section) -> Result<ObjectiveSpec, SpecError> {
     let goal = match section.choice("goal", GOALS)? {
         Some("maximize") => Goal::Maximize,
         Some(_) => Goal::Minimize,
-        None if metric.ends_with("accuracy") => Goal::Maximize,
-        None => Goal::Minimize,
+        None if metric.ends_with("loss") => Goal::Minimize,
+        None => Goal::Maximize,
     };
     Ok(ObjectiveSpec {
         metric: metric.to_string(),
@@ -406,13 +432,63 @@ fn parse_task(section: &Section, base_dir: &Path) -> Result<TaskSpec, SpecError>
         return Err(invalid("task.dataset", expected, "\"\""));
     }
 
+    let format = section.choice("format", FORMATS)?.map(str::to_string);
+    let label_column = section
+        .string("label_column", "a non-empty column name")?
+        .map(str::to_string);
+    if label_column.as_deref() == Some("") {
+        return Err(invalid(
+            "task.label_column",
+            "a non-empty column name",
+            "\"\"",
+        ));
+    }
+    let pretrained = optional_path(
+        section,
+        "pretrained",
+        "a path to a .safetensors or .ot file",
+    )?;
+    let module = optional_path(section, "module", "a path to a TorchScript module file")?;
+    match (model, &module) {
+        ("torchscript", None) => {
+            return Err(section.missing(
+                "module",
+                "a path to a TorchScript module file for model \"torchscript\"",
+            ))
+        }
+        (other, Some(_)) if other != "torchscript" => {
+            return Err(invalid(
+                "task.module",
+                "no module unless model is \"torchscript\"",
+                &format!("a module with model {other:?}"),
+            ))
+        }
+        _ => {}
+    }
+
     let epochs = section.u32("epochs", 1, MAX_EPOCHS)?;
     Ok(TaskSpec {
         model: model.to_string(),
         dataset: base_dir.join(dataset),
+        format,
+        label_column,
+        pretrained: pretrained.map(|path| base_dir.join(path)),
+        module: module.map(|path| base_dir.join(path)),
         epochs: epochs.unwrap_or(DEFAULT_EPOCHS),
         hyperparameters: Vec::new(),
     })
+}
+
+fn optional_path<'a>(
+    section: &Section<'a>,
+    key: &str,
+    expected: &str,
+) -> Result<Option<&'a str>, SpecError> {
+    let path = section.string(key, expected)?;
+    if path == Some("") {
+        return Err(invalid(&section.key_path(key), expected, "\"\""));
+    }
+    Ok(path)
 }
 
 fn parse_fixed(section: &Section, model: &str) -> Result<Vec<(String, Value)>, SpecError> {
@@ -466,8 +542,10 @@ fn parse_ensemble(section: &Section, objective: &ObjectiveSpec) -> Result<Ensemb
 
     let metric = match section.choice("metric", SELECTION_METRICS)? {
         Some("accuracy") => SelectionMetric::Accuracy,
+        Some("macro_f1") => SelectionMetric::MacroF1,
         Some(_) => SelectionMetric::Loss,
         None if objective.metric.ends_with("accuracy") => SelectionMetric::Accuracy,
+        None if objective.metric.ends_with("f1") => SelectionMetric::MacroF1,
         None => SelectionMetric::Loss,
     };
     Ok(EnsembleSpec {
@@ -553,13 +631,15 @@ mod tests {
                 "missing objective metric",
                 format!("name = \"t\"\n{task}"),
                 "missing objective.metric: expected one of \"val_accuracy\", \"val_loss\", \
-                 \"train_loss\"",
+                 \"train_loss\", \"val_macro_f1\", \"val_macro_precision\", \
+                 \"val_macro_recall\"",
             ),
             (
                 "unknown objective metric",
                 format!("name = \"t\"\n[objective]\nmetric = \"accuracy\"\n{task}"),
                 "invalid objective.metric: expected one of \"val_accuracy\", \"val_loss\", \
-                 \"train_loss\", got \"accuracy\"",
+                 \"train_loss\", \"val_macro_f1\", \"val_macro_precision\", \
+                 \"val_macro_recall\", got \"accuracy\"",
             ),
             (
                 "unknown goal",
@@ -627,12 +707,14 @@ mod tests {
             (
                 "missing model",
                 format!("name = \"t\"\n{objective}[task]\ndataset = \"d.npz\"\n"),
-                "missing task.model: expected one of \"mlp\", \"cnn\"",
+                "missing task.model: expected one of \"mlp\", \"cnn\", \"resnet18\", \"resnet34\", \"resnet50\", \
+                 \"torchscript\"",
             ),
             (
                 "unknown model",
                 format!("name = \"t\"\n{objective}[task]\nmodel = \"resnet\"\n"),
-                "invalid task.model: expected one of \"mlp\", \"cnn\", got \"resnet\"",
+                "invalid task.model: expected one of \"mlp\", \"cnn\", \"resnet18\", \"resnet34\", \"resnet50\", \
+                 \"torchscript\", got \"resnet\"",
             ),
             (
                 "missing dataset",
@@ -657,21 +739,43 @@ mod tests {
             (
                 "unknown task key",
                 spec_text("epoch = 5"),
-                "unknown key task.epoch: expected one of model, dataset, epochs, hyperparameters",
+                "unknown key task.epoch: expected one of model, dataset, format, label_column, \
+                 pretrained, module, epochs, hyperparameters",
+            ),
+            (
+                "unknown format",
+                spec_text("format = \"parquet\""),
+                "invalid task.format: expected one of \"npz\", \"cifar10\", \"mnist\", \"csv\", \
+                 got \"parquet\"",
+            ),
+            (
+                "module without torchscript",
+                spec_text("module = \"net.pt\""),
+                "invalid task.module: expected no module unless model is \"torchscript\", got a \
+                 module with model \"mlp\"",
+            ),
+            (
+                "empty pretrained",
+                spec_text("pretrained = \"\""),
+                "invalid task.pretrained: expected a path to a .safetensors or .ot file, got \"\"",
             ),
             (
                 "unknown parameter",
                 spec_text("[parameters]\nmomentu = [0.9]"),
                 "parameters.momentu: unknown hyperparameter \"momentu\" for model \"mlp\": \
                  expected one of lr, batch_size, optimizer, momentum, weight_decay, dropout, \
-                 hidden_size, hidden_layers",
+                 hidden_size, hidden_layers, freeze_backbone, unfreeze_epoch, backbone_lr_factor, lr_schedule, warmup_epochs, \
+                 step_size, gamma, label_smoothing, grad_clip_norm, patience, precision, augment, \
+                 crop_padding",
             ),
             (
                 "parameter of another model",
                 spec_text("[parameters]\nchannels = [8]"),
                 "parameters.channels: unknown hyperparameter \"channels\" for model \"mlp\": \
                  expected one of lr, batch_size, optimizer, momentum, weight_decay, dropout, \
-                 hidden_size, hidden_layers",
+                 hidden_size, hidden_layers, freeze_backbone, unfreeze_epoch, backbone_lr_factor, lr_schedule, warmup_epochs, \
+                 step_size, gamma, label_smoothing, grad_clip_norm, patience, precision, augment, \
+                 crop_padding",
             ),
             (
                 "listed value out of range",
@@ -891,7 +995,9 @@ mod tests {
                 spec_text("[task.hyperparameters]\nchannels = 8"),
                 "task.hyperparameters.channels: unknown hyperparameter \"channels\" for model \
                  \"mlp\": expected one of lr, batch_size, optimizer, momentum, weight_decay, \
-                 dropout, hidden_size, hidden_layers",
+                 dropout, hidden_size, hidden_layers, freeze_backbone, unfreeze_epoch, backbone_lr_factor, lr_schedule, warmup_epochs, \
+                 step_size, gamma, label_smoothing, grad_clip_norm, patience, precision, augment, \
+                 crop_padding",
             ),
             (
                 "fixed value outside schema",
@@ -930,7 +1036,8 @@ mod tests {
             (
                 "unknown selection metric",
                 spec_text("[ensemble]\nmetric = \"auc\""),
-                "invalid ensemble.metric: expected one of \"accuracy\", \"loss\", got \"auc\"",
+                "invalid ensemble.metric: expected one of \"accuracy\", \"loss\", \"macro_f1\", got \
+                 \"auc\"",
             ),
             (
                 "unknown ensemble key",

@@ -422,6 +422,7 @@ impl Scheduler {
         // trains from scratch, so it starts a fresh history.
         trial.history.clear();
         trial.final_metrics.clear();
+        trial.confusion_matrices.clear();
         trial.artifacts.clear();
         trial.objective = None;
         trial.attempts.push(v1::Attempt {
@@ -545,6 +546,7 @@ impl Scheduler {
         attempt.stderr_tail = request.stderr_tail;
         attempt.reason = request.reason.clone();
         trial.final_metrics = request.final_metrics;
+        trial.confusion_matrices = request.confusion_matrices;
 
         let (trial_state, attempt_state, reason) = match outcome {
             Outcome::Succeeded => match final_objective(trial, &objective_metric) {
@@ -652,6 +654,8 @@ impl Scheduler {
             trial.objective = None;
             trial.history.clear();
             trial.final_metrics.clear();
+            trial.confusion_matrices.clear();
+            trial.confusion_matrices.clear();
             trial.artifacts.clear();
             num_requeued += 1;
             self.touch_trial(trial_id, EventKind::EpochReported);
@@ -825,7 +829,8 @@ impl Scheduler {
         let entry = &self.sweeps[&sweep_id];
         let trial = &self.trials[&trial_id];
         let attempt = trial.attempts.last().expect("just started");
-        let mut hyperparameters = params_to_proto(&entry.spec.task.hyperparameters);
+        let task = &entry.spec.task;
+        let mut hyperparameters = params_to_proto(&task.hyperparameters);
         hyperparameters.extend(trial.params.iter().cloned());
         v1::Assignment {
             attempt: Some(v1::AttemptRef {
@@ -841,6 +846,10 @@ impl Scheduler {
             hyperparameters,
             seed: search::trial_seed(&entry.spec, trial.index),
             objective: entry.sweep.objective.clone(),
+            format: task.format.clone().unwrap_or_default(),
+            pretrained: path_string(task.pretrained.as_deref()),
+            label_column: task.label_column.clone().unwrap_or_default(),
+            module: path_string(task.module.as_deref()),
         }
     }
 
@@ -1013,6 +1022,10 @@ impl Scheduler {
         self.changes.sweeps.insert(sweep_id);
         self.changes.ended_sweeps.push(sweep_id);
     }
+}
+
+fn path_string(path: Option<&std::path::Path>) -> String {
+    path.map(|p| p.display().to_string()).unwrap_or_default()
 }
 
 /// Reads a succeeded trial's objective: a final metric of that name, else the last epoch's.

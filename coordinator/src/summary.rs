@@ -59,6 +59,7 @@ fn score(predictions: &Predictions, metric: SelectionMetric) -> f64 {
     match metric {
         SelectionMetric::Accuracy => ensemble::accuracy(predictions),
         SelectionMetric::Loss => ensemble::log_loss(predictions),
+        SelectionMetric::MacroF1 => ensemble::macro_f1(predictions),
     }
 }
 
@@ -102,7 +103,9 @@ pub fn build_summary(
     // earlier one.
     candidates.sort_by(|a, b| {
         let order = match metric {
-            SelectionMetric::Accuracy => b.val_score.total_cmp(&a.val_score),
+            SelectionMetric::Accuracy | SelectionMetric::MacroF1 => {
+                b.val_score.total_cmp(&a.val_score)
+            }
             SelectionMetric::Loss => a.val_score.total_cmp(&b.val_score),
         };
         order.then(a.trial.index.cmp(&b.trial.index))
@@ -134,6 +137,7 @@ pub fn build_summary(
         selection_metric: match metric {
             SelectionMetric::Accuracy => "accuracy".to_string(),
             SelectionMetric::Loss => "loss".to_string(),
+            SelectionMetric::MacroF1 => "macro_f1".to_string(),
         },
         size,
         members,
@@ -148,6 +152,10 @@ pub fn build_summary(
         best_test_accuracy: ensemble::accuracy(&best.test),
         best_test_loss: ensemble::log_loss(&best.test),
         num_candidates: candidates.len() as u32,
+        val_macro_f1: ensemble::macro_f1(&val_blend),
+        test_macro_f1: ensemble::macro_f1(&test_blend),
+        best_val_macro_f1: ensemble::macro_f1(&best.val),
+        best_test_macro_f1: ensemble::macro_f1(&best.test),
     })
 }
 

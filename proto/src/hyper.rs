@@ -5,8 +5,22 @@
 
 use crate::Value;
 
-/// Models the trainer can build.
-pub const MODELS: &[&str] = &["mlp", "cnn"];
+/// Models the trainer can build. "torchscript" trains the user's scripted module that the task's
+/// `module` key names.
+pub const MODELS: &[&str] = &[
+    "mlp",
+    "cnn",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "torchscript",
+];
+
+/// Learning-rate schedules over the epochs of a run.
+pub const LR_SCHEDULES: &[&str] = &["constant", "step", "cosine"];
+
+/// Numeric precisions the trainer can compute in.
+pub const PRECISIONS: &[&str] = &["fp32", "bf16"];
 
 /// Optimizers the trainer can use.
 pub const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw"];
@@ -18,6 +32,7 @@ pub enum Kind {
     /// A float; ints are accepted and read as floats.
     Float,
     String,
+    Bool,
 }
 
 /// One hyperparameter the trainer understands.
@@ -32,7 +47,7 @@ pub struct HyperparameterDef {
     pub allowed: &'static str,
     pub check: fn(&Value) -> bool,
     /// The closed interval of allowed values of a number hyperparameter, for clipping draws
-    /// from unbounded distributions; `None` for strings.
+    /// from unbounded distributions; `None` for strings and bools.
     pub range: Option<(f64, f64)>,
 }
 
@@ -42,6 +57,7 @@ pub enum DefaultValue {
     Int(i64),
     Float(f64),
     Str(&'static str),
+    Bool(bool),
 }
 
 impl DefaultValue {
@@ -50,6 +66,7 @@ impl DefaultValue {
             DefaultValue::Int(i) => Value::Int(i),
             DefaultValue::Float(f) => Value::Float(f),
             DefaultValue::Str(s) => Value::String(s.to_string()),
+            DefaultValue::Bool(b) => Value::Bool(b),
         }
     }
 }
@@ -152,12 +169,132 @@ pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
         check: |v| int_in(v, 1, 1024),
         range: Some((1.0, 1024.0)),
     },
+    HyperparameterDef {
+        name: "freeze_backbone",
+        kind: Kind::Bool,
+        models: &[],
+        default: DefaultValue::Bool(false),
+        allowed: "true or false",
+        check: |v| matches!(v, Value::Bool(_)),
+        range: None,
+    },
+    HyperparameterDef {
+        name: "unfreeze_epoch",
+        kind: Kind::Int,
+        models: &[],
+        default: DefaultValue::Int(0),
+        allowed: "an int from 0 to 10000 (0 keeps a frozen backbone frozen)",
+        check: |v| int_in(v, 0, 10000),
+        range: Some((0.0, 10000.0)),
+    },
+    HyperparameterDef {
+        name: "backbone_lr_factor",
+        kind: Kind::Float,
+        models: &[],
+        default: DefaultValue::Float(1.0),
+        allowed: "a float >= 0 and <= 1",
+        check: |v| float_in(v, 0.0, 1.0, true),
+        range: Some((0.0, 1.0)),
+    },
+    HyperparameterDef {
+        name: "lr_schedule",
+        kind: Kind::String,
+        models: &[],
+        default: DefaultValue::Str("constant"),
+        allowed: "one of \"constant\", \"step\", \"cosine\"",
+        check: |v| matches!(v.as_str(), Some(s) if LR_SCHEDULES.contains(&s)),
+        range: None,
+    },
+    HyperparameterDef {
+        name: "warmup_epochs",
+        kind: Kind::Int,
+        models: &[],
+        default: DefaultValue::Int(0),
+        allowed: "an int from 0 to 10000",
+        check: |v| int_in(v, 0, 10000),
+        range: Some((0.0, 10000.0)),
+    },
+    HyperparameterDef {
+        name: "step_size",
+        kind: Kind::Int,
+        models: &[],
+        default: DefaultValue::Int(10),
+        allowed: "an int from 1 to 10000 (read by the step schedule only)",
+        check: |v| int_in(v, 1, 10000),
+        range: Some((1.0, 10000.0)),
+    },
+    HyperparameterDef {
+        name: "gamma",
+        kind: Kind::Float,
+        models: &[],
+        default: DefaultValue::Float(0.1),
+        allowed: "a float > 0 and <= 1 (read by the step schedule only)",
+        check: |v| matches!(v.as_f64(), Some(x) if x > 0.0 && x <= 1.0),
+        range: Some((f64::MIN_POSITIVE, 1.0)),
+    },
+    HyperparameterDef {
+        name: "label_smoothing",
+        kind: Kind::Float,
+        models: &[],
+        default: DefaultValue::Float(0.0),
+        allowed: "a float >= 0 and < 1",
+        check: |v| float_in(v, 0.0, 1.0, false),
+        range: Some((0.0, BELOW_ONE)),
+    },
+    HyperparameterDef {
+        name: "grad_clip_norm",
+        kind: Kind::Float,
+        models: &[],
+        default: DefaultValue::Float(0.0),
+        allowed: "a float >= 0 and <= 1e6 (0 turns clipping off)",
+        check: |v| float_in(v, 0.0, 1e6, true),
+        range: Some((0.0, 1e6)),
+    },
+    HyperparameterDef {
+        name: "patience",
+        kind: Kind::Int,
+        models: &[],
+        default: DefaultValue::Int(0),
+        allowed: "an int from 0 to 10000 (0 turns early stopping off)",
+        check: |v| int_in(v, 0, 10000),
+        range: Some((0.0, 10000.0)),
+    },
+    HyperparameterDef {
+        name: "precision",
+        kind: Kind::String,
+        models: &[],
+        default: DefaultValue::Str("fp32"),
+        allowed: "one of \"fp32\", \"bf16\" (bf16 needs a CUDA device)",
+        check: |v| matches!(v.as_str(), Some(s) if PRECISIONS.contains(&s)),
+        range: None,
+    },
+    HyperparameterDef {
+        name: "augment",
+        kind: Kind::Bool,
+        models: &[],
+        default: DefaultValue::Bool(false),
+        allowed: "true or false",
+        check: |v| matches!(v, Value::Bool(_)),
+        range: None,
+    },
+    HyperparameterDef {
+        name: "crop_padding",
+        kind: Kind::Int,
+        models: &[],
+        default: DefaultValue::Int(4),
+        allowed: "an int from 0 to 64 (read when augment is true)",
+        check: |v| int_in(v, 0, 64),
+        range: Some((0.0, 64.0)),
+    },
 ];
 
 /// A hyperparameter that the trainer does not accept.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HyperparameterError {
-    #[error("unknown model {0:?}: expected one of \"mlp\", \"cnn\"")]
+    #[error(
+        "unknown model {0:?}: expected one of \"mlp\", \"cnn\", \"resnet18\", \"resnet34\", \
+         \"resnet50\", \"torchscript\""
+    )]
     UnknownModel(String),
     #[error("unknown hyperparameter {name:?} for model {model:?}: expected one of {expected}")]
     Unknown {
@@ -195,6 +332,7 @@ pub fn check_value(def: &HyperparameterDef, value: &Value) -> Result<(), Hyperpa
         Kind::Int => matches!(value, Value::Int(_)),
         Kind::Float => value.as_f64().is_some(),
         Kind::String => matches!(value, Value::String(_)),
+        Kind::Bool => matches!(value, Value::Bool(_)),
     };
     if type_ok && (def.check)(value) {
         return Ok(());
@@ -232,6 +370,24 @@ pub struct TrainConfig {
     pub hidden_size: i64,
     pub hidden_layers: i64,
     pub channels: i64,
+    /// Trains only the head while true; the backbone runs in eval mode without gradients.
+    pub freeze_backbone: bool,
+    /// The epoch (from 1) at which a frozen backbone starts training; 0 keeps it frozen.
+    pub unfreeze_epoch: i64,
+    /// The backbone's learning rate as a fraction of the head's.
+    pub backbone_lr_factor: f64,
+    pub lr_schedule: String,
+    pub warmup_epochs: i64,
+    pub step_size: i64,
+    pub gamma: f64,
+    pub label_smoothing: f64,
+    /// The maximum L2 norm of all gradients together; 0 turns clipping off.
+    pub grad_clip_norm: f64,
+    /// Epochs without improvement of the objective before training stops; 0 never stops early.
+    pub patience: i64,
+    pub precision: String,
+    pub augment: bool,
+    pub crop_padding: i64,
 }
 
 impl TrainConfig {
@@ -259,20 +415,32 @@ impl TrainConfig {
         };
         let float = |name: &str| get(name).as_f64().expect("checked as a number");
         let int = |name: &str| get(name).as_i64().expect("checked as an int");
+        let string = |name: &str| get(name).as_str().expect("checked as a string").to_string();
+        let boolean = |name: &str| matches!(get(name), Value::Bool(true));
         Ok(TrainConfig {
             model: model.to_string(),
             lr: float("lr"),
             batch_size: int("batch_size"),
-            optimizer: get("optimizer")
-                .as_str()
-                .expect("checked as a string")
-                .to_string(),
+            optimizer: string("optimizer"),
             momentum: float("momentum"),
             weight_decay: float("weight_decay"),
             dropout: float("dropout"),
             hidden_size: int("hidden_size"),
             hidden_layers: int("hidden_layers"),
             channels: int("channels"),
+            freeze_backbone: boolean("freeze_backbone"),
+            unfreeze_epoch: int("unfreeze_epoch"),
+            backbone_lr_factor: float("backbone_lr_factor"),
+            lr_schedule: string("lr_schedule"),
+            warmup_epochs: int("warmup_epochs"),
+            step_size: int("step_size"),
+            gamma: float("gamma"),
+            label_smoothing: float("label_smoothing"),
+            grad_clip_norm: float("grad_clip_norm"),
+            patience: int("patience"),
+            precision: string("precision"),
+            augment: boolean("augment"),
+            crop_padding: int("crop_padding"),
         })
     }
 }
@@ -289,7 +457,11 @@ mod tests {
     fn range_ends_are_allowed_values() {
         for def in HYPERPARAMETERS {
             let Some((low, high)) = def.range else {
-                assert_eq!(def.kind, Kind::String, "{} has no range", def.name);
+                assert!(
+                    matches!(def.kind, Kind::String | Kind::Bool),
+                    "{} has no range",
+                    def.name
+                );
                 continue;
             };
             for end in [low, high] {
@@ -362,6 +534,42 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("channels"), "{message}");
+    }
+
+    #[test]
+    fn config_reads_finetuning_keys() {
+        let params = [
+            param("freeze_backbone", Value::Bool(true)),
+            param("unfreeze_epoch", Value::Int(3)),
+            param("lr_schedule", Value::String("cosine".into())),
+        ];
+        let config = TrainConfig::from_params("resnet18", &params).unwrap();
+        assert!(config.freeze_backbone);
+        assert_eq!(config.unfreeze_epoch, 3);
+        assert_eq!(config.lr_schedule, "cosine");
+        assert_eq!(config.backbone_lr_factor, 1.0);
+    }
+
+    #[test]
+    fn config_rejects_int_as_bool() {
+        let err = TrainConfig::from_params("mlp", &[param("freeze_backbone", Value::Int(1))]);
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "invalid hyperparameter \"freeze_backbone\": expected true or false, got 1 (int)"
+        );
+    }
+
+    #[test]
+    fn config_rejects_unknown_schedule() {
+        let err = TrainConfig::from_params(
+            "cnn",
+            &[param("lr_schedule", Value::String("linear".into()))],
+        );
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "invalid hyperparameter \"lr_schedule\": expected one of \"constant\", \"step\", \
+             \"cosine\", got \"linear\" (string)"
+        );
     }
 
     #[test]

@@ -531,6 +531,11 @@ fn trainer_request(slot: &SlotConfig, assignment: &v1::Assignment) -> v1::TrainR
         seed: assignment.seed,
         device: device.to_string(),
         num_threads: slot.num_threads,
+        format: assignment.format.clone(),
+        pretrained: assignment.pretrained.clone(),
+        label_column: assignment.label_column.clone(),
+        module: assignment.module.clone(),
+        objective: assignment.objective.clone(),
     }
 }
 
@@ -731,12 +736,13 @@ async fn report_end(
             request.exit_code = status.code().unwrap_or(-1);
             match (status.success(), result) {
                 (true, Some(result)) => {
-                    if let Err(reason) = upload_predictions(shared, attempt, &result).await {
+                    if let Err(reason) = upload_artifacts(shared, attempt, &result).await {
                         request.outcome = Outcome::Failed as i32;
                         request.reason = reason;
                     } else {
                         request.outcome = Outcome::Succeeded as i32;
                         request.final_metrics = result.final_metrics;
+                        request.confusion_matrices = result.confusion_matrices;
                         request.stderr_tail.clear();
                     }
                 }
@@ -765,7 +771,8 @@ async fn report_end(
     Some(outcome)
 }
 
-async fn upload_predictions(
+/// Uploads the trainer's predictions of both splits and the files it returned.
+async fn upload_artifacts(
     shared: &Shared,
     attempt: &v1::AttemptRef,
     result: &v1::TrainerResult,
@@ -774,14 +781,21 @@ async fn upload_predictions(
         ("val_predictions", &result.val),
         ("test_predictions", &result.test),
     ];
+    let mut files = Vec::new();
     for (name, predictions) in splits {
         let Some(predictions) = predictions else {
             return Err(format!("the trainer returned no {name}"));
         };
+        files.push((name.to_string(), predictions.encode_to_vec()));
+    }
+    for artifact in &result.artifacts {
+        files.push((artifact.name.clone(), artifact.content.clone()));
+    }
+    for (name, content) in files {
         let request = v1::UploadArtifactRequest {
             attempt: Some(attempt.clone()),
-            name: name.to_string(),
-            content: predictions.encode_to_vec(),
+            name: name.clone(),
+            content,
         };
         with_retries(&shared.client, "UploadArtifact", || {
             let mut client = shared.client.get();

@@ -12,7 +12,10 @@ use tunefleet_proto::hyper::TrainConfig;
 use tunefleet_proto::v1::{self, trainer_event::Event};
 use tunefleet_proto::{now_ms, params_from_proto};
 
-use crate::train::{self, EpochReport, SplitPredictions, TrainError, TrainJob};
+use crate::train::{
+    self, DataOptions, EpochReport, Objective, SplitMetrics, SplitPredictions, TrainError,
+    TrainJob, TrainResult,
+};
 
 /// Exit code for a run that failed with a reason written to stdout.
 pub const EXIT_TRAINING_FAILED: i32 = 1;
@@ -20,6 +23,12 @@ pub const EXIT_TRAINING_FAILED: i32 = 1;
 pub const EXIT_BAD_REQUEST: i32 = 2;
 /// Exit code when stdin closed early, which means the worker went away.
 pub const EXIT_ORPHANED: i32 = 3;
+/// The largest checkpoint the trainer hands to the worker. Artifacts travel in one gRPC message
+/// of at most 64 MiB, so the weights of larger models (ResNet-50 has about 94 MiB) are not
+/// uploaded.
+const MAX_CHECKPOINT_BYTES: usize = 60 * 1024 * 1024;
+/// The artifact name of the best epoch's weights.
+pub const CHECKPOINT_ARTIFACT: &str = "checkpoint.safetensors";
 
 /// Runs the trainer process to completion and returns its exit code.
 pub fn run() -> i32 {
@@ -47,17 +56,9 @@ pub fn run() -> i32 {
         write_event(Event::Epoch(epoch_metrics(report)));
         true
     };
-    match train::train(&job, &mut on_epoch) {
+    match train::train(&job, &mut on_epoch).and_then(trainer_result) {
         Ok(result) => {
-            let final_metrics = vec![
-                metric("test_loss", result.test_loss),
-                metric("test_accuracy", result.test_accuracy),
-            ];
-            write_event(Event::Result(v1::TrainerResult {
-                final_metrics,
-                val: Some(predictions(result.val)),
-                test: Some(predictions(result.test)),
-            }));
+            write_event(Event::Result(result));
             0
         }
         Err(err) => {
@@ -65,6 +66,108 @@ pub fn run() -> i32 {
             EXIT_TRAINING_FAILED
         }
     }
+}
+
+/// Builds the result event: the best epoch's metrics, predictions and artifacts.
+fn trainer_result(result: TrainResult) -> Result<v1::TrainerResult, TrainError> {
+    let mut final_metrics = vec![
+        metric("best_epoch", f64::from(result.best_epoch)),
+        metric("num_epochs", f64::from(result.num_epochs)),
+        metric("train_loss", result.best_train_loss),
+    ];
+    final_metrics.extend(split_metrics("val", &result.val_metrics));
+    final_metrics.extend(split_metrics("test", &result.test_metrics));
+
+    let mut artifacts = vec![v1::TrainerArtifact {
+        name: "evaluation.json".to_string(),
+        content: evaluation_json(&result),
+    }];
+    if let Some(report) = &result.pretrained {
+        final_metrics.push(metric("pretrained_loaded", report.loaded.len() as f64));
+        final_metrics.push(metric("pretrained_skipped", report.skipped.len() as f64));
+        final_metrics.push(metric(
+            "pretrained_initialised",
+            report.initialised.len() as f64,
+        ));
+        artifacts.push(v1::TrainerArtifact {
+            name: "pretrained.json".to_string(),
+            content: serde_json::to_vec_pretty(report).expect("the report serializes"),
+        });
+    }
+    let checkpoint = checkpoint_bytes(&result)?;
+    if checkpoint.len() <= MAX_CHECKPOINT_BYTES {
+        artifacts.push(v1::TrainerArtifact {
+            name: CHECKPOINT_ARTIFACT.to_string(),
+            content: checkpoint,
+        });
+    } else {
+        eprintln!(
+            "tunefleet trainer: the checkpoint has {} bytes, more than the {MAX_CHECKPOINT_BYTES} \
+             an artifact may have, so it is not uploaded",
+            checkpoint.len()
+        );
+    }
+    let confusion_matrices = vec![
+        confusion_matrix("val", &result.val_metrics),
+        confusion_matrix("test", &result.test_metrics),
+    ];
+    Ok(v1::TrainerResult {
+        final_metrics,
+        val: Some(predictions(result.val)),
+        test: Some(predictions(result.test)),
+        artifacts,
+        confusion_matrices,
+    })
+}
+
+fn split_metrics(split: &str, metrics: &SplitMetrics) -> Vec<v1::Metric> {
+    let class = &metrics.metrics;
+    vec![
+        metric(&format!("{split}_loss"), metrics.loss),
+        metric(&format!("{split}_accuracy"), class.accuracy),
+        metric(&format!("{split}_macro_precision"), class.macro_precision),
+        metric(&format!("{split}_macro_recall"), class.macro_recall),
+        metric(&format!("{split}_macro_f1"), class.macro_f1),
+    ]
+}
+
+fn confusion_matrix(split: &str, metrics: &SplitMetrics) -> v1::ConfusionMatrix {
+    let confusion = &metrics.metrics.confusion;
+    v1::ConfusionMatrix {
+        split: split.to_string(),
+        num_classes: confusion.len() as u32,
+        counts: confusion.iter().flatten().copied().collect(),
+    }
+}
+
+/// Serializes the best epoch's metrics and confusion matrices of both splits.
+fn evaluation_json(result: &TrainResult) -> Vec<u8> {
+    let split = |metrics: &SplitMetrics| {
+        serde_json::json!({
+            "loss": metrics.loss,
+            "accuracy": metrics.metrics.accuracy,
+            "macro_precision": metrics.metrics.macro_precision,
+            "macro_recall": metrics.metrics.macro_recall,
+            "macro_f1": metrics.metrics.macro_f1,
+            "confusion_matrix": metrics.metrics.confusion,
+        })
+    };
+    let evaluation = serde_json::json!({
+        "best_epoch": result.best_epoch,
+        "val": split(&result.val_metrics),
+        "test": split(&result.test_metrics),
+    });
+    serde_json::to_vec_pretty(&evaluation).expect("the evaluation serializes")
+}
+
+fn checkpoint_bytes(result: &TrainResult) -> Result<Vec<u8>, TrainError> {
+    let dir = tempfile::tempdir().map_err(|err| {
+        TrainError::Checkpoint(format!("failed to create a temporary directory: {err}"))
+    })?;
+    let path = dir.path().join(CHECKPOINT_ARTIFACT);
+    result.save_weights(&path)?;
+    std::fs::read(&path)
+        .map_err(|err| TrainError::Checkpoint(format!("failed to read {}: {err}", path.display())))
 }
 
 fn failure_reason(err: &TrainError) -> String {
@@ -106,9 +209,21 @@ fn job_from_request(request: &v1::TrainRequest) -> Result<TrainJob, String> {
     let params = params_from_proto(&request.hyperparameters)?;
     let config = TrainConfig::from_params(&request.model, &params).map_err(|e| e.to_string())?;
     let device = parse_device(&request.device)?;
+    let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    let objective = request.objective.as_ref().map(|objective| Objective {
+        metric: objective.metric.clone(),
+        maximize: objective.goal() == v1::Goal::Maximize,
+    });
     Ok(TrainJob {
         dataset: PathBuf::from(&request.dataset),
+        data: DataOptions {
+            format: non_empty(&request.format),
+            label_column: non_empty(&request.label_column),
+        },
+        pretrained: non_empty(&request.pretrained).map(PathBuf::from),
+        module: non_empty(&request.module).map(PathBuf::from),
         epochs: request.epochs,
+        objective,
         config,
         seed: request.seed,
         device,
@@ -138,11 +253,11 @@ fn metric(name: &str, value: f64) -> v1::Metric {
 fn epoch_metrics(report: &EpochReport) -> v1::EpochMetrics {
     v1::EpochMetrics {
         epoch: report.epoch,
-        metrics: vec![
-            metric("train_loss", report.train_loss),
-            metric("val_loss", report.val_loss),
-            metric("val_accuracy", report.val_accuracy),
-        ],
+        metrics: report
+            .metrics()
+            .iter()
+            .map(|(name, value)| metric(name, *value))
+            .collect(),
         reported_at_ms: now_ms(),
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 use tunefleet_proto::hyper::TrainConfig;
 use tunefleet_proto::Value;
-use tunefleet_worker::train::{train, EpochReport, TrainError, TrainJob, TrainResult};
+use tunefleet_worker::train::{train, DataOptions, EpochReport, TrainError, TrainJob, TrainResult};
 
 /// Serializes the runs, because `train` seeds libtorch's process-wide generator.
 static TORCH: Mutex<()> = Mutex::new(());
@@ -29,7 +29,11 @@ fn job(model: &str, params: &[(&str, Value)], epochs: u32) -> TrainJob {
         .collect();
     TrainJob {
         dataset: digits_path(),
+        data: DataOptions::default(),
+        pretrained: None,
+        module: None,
         epochs,
+        objective: None,
         config: TrainConfig::from_params(model, &params).unwrap(),
         seed: SEED,
         device: Device::Cpu,
@@ -90,9 +94,9 @@ fn mlp_learns_digits() {
     );
     assert!(last.val_accuracy > 0.93, "{last:?}");
     assert!(
-        result.test_accuracy > 0.92,
+        result.test_accuracy() > 0.92,
         "test accuracy {}",
-        result.test_accuracy
+        result.test_accuracy()
     );
 }
 
@@ -107,9 +111,9 @@ fn cnn_learns_digits() {
     );
     assert!(last.val_accuracy > 0.9, "{last:?}");
     assert!(
-        result.test_accuracy > 0.9,
+        result.test_accuracy() > 0.9,
         "test accuracy {}",
-        result.test_accuracy
+        result.test_accuracy()
     );
 }
 
@@ -179,9 +183,9 @@ fn test_accuracy_matches_probabilities() {
         .count();
     let accuracy = num_correct as f64 / 360.0;
     assert!(
-        (accuracy - result.test_accuracy).abs() < 1e-9,
+        (accuracy - result.test_accuracy()).abs() < 1e-9,
         "{accuracy} vs {}",
-        result.test_accuracy
+        result.test_accuracy()
     );
 }
 
@@ -191,7 +195,16 @@ fn same_seed_repeats_run() {
     let (first_reports, first_result) = run(&job);
     let (second_reports, second_result) = run(&job);
     assert_eq!(first_reports, second_reports);
-    assert_eq!(first_result.unwrap(), second_result.unwrap());
+    let (first, second) = (first_result.unwrap(), second_result.unwrap());
+    assert_eq!(first.val, second.val);
+    assert_eq!(first.test, second.test);
+    assert_eq!(first.test_metrics, second.test_metrics);
+    for ((first_name, first_weight), (second_name, second_weight)) in
+        first.weights.iter().zip(&second.weights)
+    {
+        assert_eq!(first_name, second_name);
+        assert!(first_weight.equal(second_weight), "{first_name} differs");
+    }
 }
 
 #[test]

@@ -483,6 +483,7 @@ fn check_distribution_kind(
             "use distribution = \"uniform\", \"log_uniform\", \"normal\" or \"log_normal\"",
         ),
         Kind::String => ("a string", "use values = [...]"),
+        Kind::Bool => ("a bool", "use values = [true, false]"),
     };
     let required_kind = if needed == Kind::Int { "int" } else { "float" };
     Err(SpecError(format!(

@@ -1,11 +1,19 @@
-//! Loads and validates a dataset file: an `.npz` archive with the arrays `train_x`, `train_y`,
-//! `val_x`, `val_y`, `test_x` and `test_y` (the format `docs/data.md` describes).
+//! Loads and validates a dataset in one of the formats `docs/data.md` describes: an `.npz`
+//! archive with the arrays `train_x`, `train_y`, `val_x`, `val_y`, `test_x` and `test_y`,
+//! CIFAR-10 binary batches, MNIST idx files or CSV tables.
 
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
+use super::formats::{self, RawSplits};
 use super::TrainError;
+
+/// Dataset formats the trainer reads.
+// TODO: an image-folder format (one directory per class of PNG and JPEG files, resized to a
+// configured size) and task keys for per-channel normalisation. Only CIFAR-10 is normalised,
+// with its own fixed mean and standard deviation.
+pub const FORMATS: &[&str] = &["npz", "cifar10", "mnist", "csv"];
 
 /// The array names of a dataset file, in the order they are checked.
 const ARRAY_NAMES: [&str; 6] = ["train_x", "train_y", "val_x", "val_y", "test_x", "test_y"];
@@ -38,27 +46,85 @@ pub(super) struct Dataset {
     pub num_classes: i64,
 }
 
+/// How to read a dataset.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DataOptions {
+    /// One of [`FORMATS`]; `None` infers it from the path.
+    pub format: Option<String>,
+    /// The CSV column of the labels; `None` means "label".
+    pub label_column: Option<String>,
+}
+
+/// Infers the format of the dataset at `path`: by the extension of a file, or by the files a
+/// directory contains.
+pub fn infer_format(path: &Path) -> Result<&'static str, TrainError> {
+    let invalid = |detail: String| TrainError::Dataset {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if path.is_dir() {
+        let has = |name: &str| path.join(name).is_file();
+        if has("test_batch.bin") || has("data_batch_1.bin") {
+            return Ok("cifar10");
+        }
+        if has("train-images-idx3-ubyte") || has("train-images-idx3-ubyte.gz") {
+            return Ok("mnist");
+        }
+        if has("train.csv") {
+            return Ok("csv");
+        }
+        return Err(invalid(
+            "cannot infer the format of this directory: expected CIFAR-10 batches \
+             (data_batch_1.bin, test_batch.bin), MNIST idx files (train-images-idx3-ubyte) or \
+             train.csv and test.csv; set task.format"
+                .to_string(),
+        ));
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npz") => Ok("npz"),
+        Some("csv") => Ok("csv"),
+        _ if !path.exists() => Err(invalid("no such file or directory".to_string())),
+        _ => Err(invalid(
+            "cannot infer the format from the file name: expected a .npz or .csv file or a \
+             directory; set task.format"
+                .to_string(),
+        )),
+    }
+}
+
 impl Dataset {
-    /// Reads the file at `path`, validates every array and moves the splits to `device`.
-    pub fn load(path: &Path, device: Device) -> Result<Self, TrainError> {
+    /// Reads the dataset at `path`, validates every split and moves the splits to `device`.
+    pub fn load(path: &Path, options: &DataOptions, device: Device) -> Result<Self, TrainError> {
+        let format = match options.format.as_deref() {
+            Some(format) => format,
+            None => infer_format(path)?,
+        };
+        let label_column = options.label_column.as_deref().unwrap_or("label");
+        let raw = match format {
+            "npz" => read_npz(path),
+            "cifar10" => formats::read_cifar10(path).map_err(format_error),
+            "mnist" => formats::read_mnist(path).map_err(format_error),
+            "csv" => formats::read_csv(path, label_column).map_err(format_error),
+            other => Err(TrainError::Dataset {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "unknown format {other:?}: expected one of \"npz\", \"cifar10\", \
+                     \"mnist\", \"csv\""
+                ),
+            }),
+        }?;
+        Self::from_splits(path, raw, device)
+    }
+
+    fn from_splits(path: &Path, raw: RawSplits, device: Device) -> Result<Self, TrainError> {
         let invalid = |detail: String| TrainError::Dataset {
             path: path.to_path_buf(),
             detail,
         };
-        let mut arrays = Tensor::read_npz(path)
-            .map_err(|err| invalid(format!("failed to read the npz archive: {err}")))?;
-        let mut take = |name: &str| -> Result<Tensor, TrainError> {
-            let position = arrays.iter().position(|(array_name, _)| array_name == name);
-            match position {
-                Some(index) => Ok(arrays.swap_remove(index).1),
-                None => Err(invalid(format!("missing array {name:?}"))),
-            }
-        };
-        let [train_x, train_y, val_x, val_y, test_x, test_y] = ARRAY_NAMES.map(&mut take);
         let splits = [
-            ("train", train_x?, train_y?),
-            ("val", val_x?, val_y?),
-            ("test", test_x?, test_y?),
+            ("train", raw.train.0, raw.train.1),
+            ("val", raw.val.0, raw.val.1),
+            ("test", raw.test.0, raw.test.1),
         ];
 
         for (name, x, y) in &splits {
@@ -96,9 +162,12 @@ impl Dataset {
         })
     }
 
-    /// Checks that the rows fit `model`: "cnn" needs images of at least 2 x 2 pixels, and
-    /// "mlp" takes any row shape because it flattens each row.
+    /// Checks that the rows fit `model`: "cnn" needs images of at least 2 x 2 pixels, the
+    /// ResNets need images of 1 or 3 channels, and "mlp" and "torchscript" take any row shape.
     pub fn check_input_for(&self, model: &str) -> Result<(), TrainError> {
+        if model.starts_with("resnet") {
+            return self.check_resnet_input(model);
+        }
         if model != "cnn" {
             return Ok(());
         }
@@ -118,6 +187,56 @@ impl Dataset {
             detail,
         })
     }
+}
+
+impl Dataset {
+    fn check_resnet_input(&self, model: &str) -> Result<(), TrainError> {
+        let detail = match self.row_shape.as_slice() {
+            [1 | 3, _, _] => return Ok(()),
+            [channels, _, _] => {
+                format!("model {model:?} needs images of 1 or 3 channels, got {channels} channels")
+            }
+            _ => format!(
+                "model {model:?} needs 4-D x (rows x channels x height x width), got train_x \
+                 of shape {:?}",
+                self.train.x.size()
+            ),
+        };
+        Err(TrainError::Dataset {
+            path: self.path.clone(),
+            detail,
+        })
+    }
+}
+
+fn format_error(err: formats::FormatError) -> TrainError {
+    TrainError::Dataset {
+        path: err.path,
+        detail: err.detail,
+    }
+}
+
+/// Reads the six arrays of an npz archive.
+fn read_npz(path: &Path) -> Result<RawSplits, TrainError> {
+    let invalid = |detail: String| TrainError::Dataset {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut arrays = Tensor::read_npz(path)
+        .map_err(|err| invalid(format!("failed to read the npz archive: {err}")))?;
+    let mut take = |name: &str| -> Result<Tensor, TrainError> {
+        let position = arrays.iter().position(|(array_name, _)| array_name == name);
+        match position {
+            Some(index) => Ok(arrays.swap_remove(index).1),
+            None => Err(invalid(format!("missing array {name:?}"))),
+        }
+    };
+    let [train_x, train_y, val_x, val_y, test_x, test_y] = ARRAY_NAMES.map(&mut take);
+    Ok(RawSplits {
+        train: (train_x?, train_y?),
+        val: (val_x?, val_y?),
+        test: (test_x?, test_y?),
+    })
 }
 
 /// Checks one split's dtypes, shapes and labels, returning what is wrong.
@@ -233,7 +352,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data.npz");
         Tensor::write_npz(arrays, &path).unwrap();
-        match Dataset::load(&path, Device::Cpu) {
+        match Dataset::load(&path, &DataOptions::default(), Device::Cpu) {
             Err(TrainError::Dataset {
                 path: err_path,
                 detail,
@@ -249,7 +368,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data.npz");
         Tensor::write_npz(arrays, &path).unwrap();
-        Dataset::load(&path, Device::Cpu).unwrap()
+        Dataset::load(&path, &DataOptions::default(), Device::Cpu).unwrap()
     }
 
     #[test]
@@ -272,7 +391,7 @@ mod tests {
     #[test]
     fn load_rejects_missing_file() {
         let path = Path::new("/nonexistent/data.npz");
-        let err = Dataset::load(path, Device::Cpu).unwrap_err();
+        let err = Dataset::load(path, &DataOptions::default(), Device::Cpu).unwrap_err();
         let message = err.to_string();
         assert!(
             message.starts_with("invalid dataset /nonexistent/data.npz: failed to read"),

@@ -21,12 +21,19 @@ pub(super) fn permutation(num_rows: usize, seed: u64, epoch: u32) -> Vec<i64> {
     order
 }
 
-struct SplitMix64 {
+/// A small seeded generator (SplitMix64) for shuffling and augmentation draws.
+pub(super) struct SplitMix64 {
     state: u64,
 }
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    /// Starts a generator for `seed` and `epoch`; `stream` separates independent draws.
+    pub(super) fn new(seed: u64, epoch: u32, stream: u64) -> Self {
+        let state = seed ^ u64::from(epoch).wrapping_mul(SPLITMIX_GAMMA) ^ stream.rotate_left(32);
+        SplitMix64 { state }
+    }
+
+    pub(super) fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(SPLITMIX_GAMMA);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -36,7 +43,7 @@ impl SplitMix64 {
 
     /// Draws from `0..bound` by scaling a 64-bit draw, which is biased by at most
     /// `bound / 2^64`, far too little to matter for shuffling.
-    fn below(&mut self, bound: u64) -> u64 {
+    pub(super) fn below(&mut self, bound: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
     }
 }
