@@ -490,6 +490,12 @@ async fn metrics_and_json_logs_after_sweep() {
 
     let (status, _) = http_get(&coordinator_metrics, "/nothing");
     assert_eq!(status, 404);
+    let (status, body) = http_get(&coordinator_metrics, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = http_get(&coordinator_metrics, "/readyz");
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (status, body) = http_get(&worker_metrics, "/readyz");
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
 
     let log = std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap();
     let events: Vec<serde_json::Value> = log

@@ -16,6 +16,7 @@ use tonic_health::ServingStatus;
 use tunefleet_proto::v1::{self, SweepStatus};
 use tunefleet_telemetry::rpc::RpcMetricsLayer;
 pub use tunefleet_telemetry::MetricsEndpoint;
+use tunefleet_telemetry::Readiness;
 
 use crate::service::Coordinator;
 
@@ -272,6 +273,7 @@ pub(crate) fn reflection_services() -> (
 /// whole ("") is SERVING while the process serves; the tunefleet services follow `status`.
 pub(crate) async fn track_health(
     reporter: HealthReporter,
+    readiness: Readiness,
     status: impl Fn() -> ServingStatus + Send + 'static,
 ) {
     let mut last = None;
@@ -282,6 +284,7 @@ pub(crate) async fn track_health(
         if last == Some(current) {
             continue;
         }
+        readiness.set(current == ServingStatus::Serving);
         for name in SERVICE_NAMES {
             reporter.set_service_status(name, current).await;
         }
@@ -334,9 +337,11 @@ pub(crate) async fn serve_routes(
     for name in SERVICE_NAMES {
         reporter.set_service_status(name, first).await;
     }
-    let health_task = tokio::spawn(track_health(reporter.clone(), health));
+    let readiness = Readiness::new(first == ServingStatus::Serving);
+    let health_task = tokio::spawn(track_health(reporter.clone(), readiness.clone(), health));
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let probe_readiness = readiness.clone();
     let metrics_task = plan.metrics.map(|endpoint| {
         let mut registry = endpoint.registry;
         registry.register_collector(Box::new(StateCollector::new(plan.state)));
@@ -344,9 +349,13 @@ pub(crate) async fn serve_routes(
             let _ = stop_rx.wait_for(|stop| *stop).await;
         };
         tokio::spawn(async move {
-            let served =
-                tunefleet_telemetry::serve_metrics(endpoint.listener, Arc::new(registry), stopped)
-                    .await;
+            let served = tunefleet_telemetry::serve_metrics(
+                endpoint.listener,
+                Arc::new(registry),
+                probe_readiness,
+                stopped,
+            )
+            .await;
             if let Err(err) = served {
                 tracing::error!(error = %err, "the metrics server failed");
             }
@@ -355,6 +364,7 @@ pub(crate) async fn serve_routes(
     let shutdown = async move {
         shutdown.await;
         health_task.abort();
+        readiness.set(false);
         report_stopping(&reporter).await;
         let _ = stop_tx.send(true);
     };

@@ -6,7 +6,7 @@ pub mod process;
 pub mod rpc;
 mod server;
 
-pub use server::{serve_metrics, OPENMETRICS_CONTENT_TYPE};
+pub use server::{serve_metrics, Readiness, OPENMETRICS_CONTENT_TYPE};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::info::Info;

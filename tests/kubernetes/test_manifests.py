@@ -69,11 +69,15 @@ class ManifestTest(unittest.TestCase):
         with self.assertRaises(kubernetes_validate.ValidationError):
             validate(daemonset)
 
-    def test_coordinator_probes_use_grpc_health(self):
+    def test_coordinator_probes_use_http_endpoints(self):
         deployment = find("Deployment", "tunefleet-coordinator")
         container = deployment["spec"]["template"]["spec"]["containers"][0]
-        readiness = container["readinessProbe"]["grpc"]
-        self.assertEqual(readiness["service"], "tunefleet.v1.SweepService")
+        readiness = container["readinessProbe"]["httpGet"]
+        liveness = container["livenessProbe"]["httpGet"]
+        self.assertEqual(readiness, {"path": "/readyz", "port": "metrics"})
+        self.assertEqual(liveness, {"path": "/healthz", "port": "metrics"})
+        ports = {port["name"] for port in container["ports"]}
+        self.assertIn("metrics", ports)
         self.assertGreaterEqual(deployment["spec"]["replicas"], 2)
 
     def test_worker_requests_gpus(self):

@@ -278,9 +278,11 @@ pub async fn run_with_metrics(
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             };
             let server = tokio::spawn(async move {
+                // A worker that serves is ready: it needs no coordinator to answer probes.
                 let served = tunefleet_telemetry::serve_metrics(
                     endpoint.listener,
                     Arc::new(registry),
+                    tunefleet_telemetry::Readiness::new(true),
                     stopped,
                 )
                 .await;

@@ -373,9 +373,6 @@ fn number(path: &str, raw: &Yaml) -> Result<f64, SpecError> {
 }
 
 /// Maps `early_terminate` onto the native `[early_stopping]` table.
-///
-/// TODO: `SweepSpec::parse` does not read `[early_stopping]` yet and rejects it as an unknown
-/// key, so a YAML spec with `early_terminate` fails validation until early stopping exists.
 fn convert_early_terminate(raw: &Yaml) -> Result<Table, SpecError> {
     let entries = sub_mapping("early_terminate", raw)?;
     if get(&entries, "strict").is_some() {
@@ -485,7 +482,7 @@ mod tests {
     use tunefleet_proto::Value;
 
     use super::*;
-    use crate::spec::{native_spec_text, Domain, Goal, Method, SweepSpec};
+    use crate::spec::{native_spec_text, Domain, EarlyStoppingSpec, Goal, Method, SweepSpec};
 
     const TASK: &str = "task:\n  model: mlp\n  dataset: d.npz\n";
 
@@ -755,5 +752,12 @@ mod tests {
         assert_eq!(spec.search.max_trials, 24);
         assert_eq!(spec.parameters.len(), 7);
         assert_eq!(spec.task.dataset, Path::new("examples/data/digits.npz"));
+        let Some(EarlyStoppingSpec::Hyperband(rule)) = spec.early_stopping else {
+            panic!("expected hyperband, got {:?}", spec.early_stopping);
+        };
+        assert_eq!(rule.min_resource, 3);
+        assert_eq!(rule.reduction_factor, 3);
+        assert_eq!(rule.brackets, 2);
+        assert_eq!(rule.max_resource, 30);
     }
 }
