@@ -295,3 +295,42 @@ fn write_event(event: Event) {
         std::process::exit(EXIT_ORPHANED);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> v1::TrainRequest {
+        v1::TrainRequest {
+            model: "cnn".to_string(),
+            dataset: "/data/flowers".to_string(),
+            epochs: 1,
+            device: "cpu".to_string(),
+            ..v1::TrainRequest::default()
+        }
+    }
+
+    #[test]
+    fn job_takes_image_keys() {
+        let request = v1::TrainRequest {
+            image_size: 224,
+            normalize_mean: vec![0.5, 0.4, 0.3],
+            normalize_std: vec![0.2, 0.2, 0.1],
+            ..request()
+        };
+        let job = job_from_request(&request).unwrap();
+        assert_eq!(job.data.image_size, Some(224));
+        let expected = Normalize {
+            mean: vec![0.5, 0.4, 0.3],
+            std: vec![0.2, 0.2, 0.1],
+        };
+        assert_eq!(job.data.normalize, Some(expected));
+    }
+
+    #[test]
+    fn job_leaves_unset_image_keys_to_defaults() {
+        let job = job_from_request(&request()).unwrap();
+        assert_eq!(job.data.image_size, None);
+        assert_eq!(job.data.normalize, None);
+    }
+}

@@ -268,12 +268,14 @@ fn check_normalize(path: &Path, format: &str, normalize: &Normalize) -> Result<(
     }
     if normalize.mean.len() != normalize.std.len() {
         return Err(invalid(format!(
-            "normalize_mean has {} values but normalize_std has {}",
-            normalize.mean.len(),
-            normalize.std.len()
+            "normalize_mean has {} but normalize_std has {}",
+            count(normalize.mean.len() as i64, "value"),
+            count(normalize.std.len() as i64, "value")
         )));
     }
-    if let Some(std) = normalize.std.iter().find(|std| !(**std > 0.0)) {
+    // NaN fails `is_finite`, so it is rejected too.
+    let is_valid = |std: f64| std.is_finite() && std > 0.0;
+    if let Some(std) = normalize.std.iter().find(|std| !is_valid(**std)) {
         return Err(invalid(format!(
             "normalize_std contains {std}, expected values > 0"
         )));
@@ -292,13 +294,9 @@ fn normalise_splits(
         return Err(TrainError::Dataset {
             path: path.to_path_buf(),
             detail: format!(
-                "normalize_mean has {} values but the images have {num_channels} {}",
-                normalize.mean.len(),
-                if num_channels == 1 {
-                    "channel"
-                } else {
-                    "channels"
-                }
+                "normalize_mean has {} but the images have {}",
+                count(normalize.mean.len() as i64, "value"),
+                count(num_channels, "channel")
             ),
         });
     }
@@ -309,6 +307,15 @@ fn normalise_splits(
         val: apply(raw.val),
         test: apply(raw.test),
     })
+}
+
+/// Writes `number` with `noun`, plural unless the number is 1.
+fn count(number: i64, noun: &str) -> String {
+    if number == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{number} {noun}s")
+    }
 }
 
 fn format_error(err: formats::FormatError) -> TrainError {
@@ -697,7 +704,7 @@ mod tests {
         assert_eq!(
             err.unwrap_err().to_string(),
             format!(
-                "invalid dataset {}: normalize_mean has 1 values but the images have 3 channels",
+                "invalid dataset {}: normalize_mean has 1 value but the images have 3 channels",
                 dir.path().display()
             )
         );

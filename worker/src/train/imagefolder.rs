@@ -13,28 +13,28 @@ use super::formats::{error, hold_out, FormatError, RawSplit, RawSplits, HOLD_OUT
 /// The file extensions read as images, compared without regard to case.
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
 
-/// Reads the image folder at `dir`. The sorted class folders of `train/` give the label ids;
+/// Reads the image folder at `dir`. The sorted class folders of `train/` give the label ids, and
 /// `val/` and `test/` may lack a class but not add one. Images are converted to RGB, resized to
 /// `image_size` x `image_size` pixels with a triangle (bilinear) filter and scaled to [0, 1].
-/// Without `test/`, a tenth of the training images is the test split; without `val/`, a tenth
-/// of the training images is the validation split.
+/// Without `test/`, a tenth of the training images becomes the test split. Without `val/`, a
+/// tenth of the remaining training images becomes the validation split.
 pub fn read_image_folder(dir: &Path, image_size: u32) -> Result<RawSplits, FormatError> {
     let train_dir = dir.join("train");
     if !train_dir.is_dir() {
         return Err(error(
             dir,
-            "no train directory: expected train/ and optionally val/ and test/, each with one \
-             folder per class",
+            "missing train/ directory: expected train/ and optionally val/ and test/, each with \
+             one folder per class",
         ));
     }
     let classes = class_folders(&train_dir)?;
     if classes.is_empty() {
         return Err(error(
             &train_dir,
-            "no class folders: expected one folder of PNG or JPEG images per class",
+            "missing class folders: expected one folder of PNG or JPEG images per class",
         ));
     }
-    let read = |name: &str| -> Result<Option<RawSplit>, FormatError> {
+    let read_optional = |name: &str| -> Result<Option<RawSplit>, FormatError> {
         let split_dir = dir.join(name);
         if !split_dir.is_dir() {
             return Ok(None);
@@ -42,20 +42,20 @@ pub fn read_image_folder(dir: &Path, image_size: u32) -> Result<RawSplits, Forma
         read_split(&split_dir, &classes, image_size).map(Some)
     };
 
-    let train = read("train")?.expect("train/ was checked above");
-    let (train, test) = match read("test")? {
+    let train = read_split(&train_dir, &classes, image_size)?;
+    let (train, test) = match read_optional("test")? {
         Some(test) => (train, test),
         None => hold_out(&train_dir, train, HOLD_OUT_FRACTION)?,
     };
-    let (train, val) = match read("val")? {
+    let (train, val) = match read_optional("val")? {
         Some(val) => (train, val),
         None => hold_out(&train_dir, train, HOLD_OUT_FRACTION)?,
     };
     Ok(RawSplits { train, val, test })
 }
 
-/// Lists the class folders of one split, sorted by name. Hidden entries are skipped; any other
-/// file is an error.
+/// Lists the class folders of one split, sorted by name. Hidden entries are skipped, and any
+/// other file is an error.
 fn class_folders(split_dir: &Path) -> Result<Vec<String>, FormatError> {
     let mut classes = Vec::new();
     for path in visible_entries(split_dir)? {
@@ -91,7 +91,7 @@ fn read_split(
         if images.is_empty() {
             return Err(error(
                 &class_dir,
-                "empty class folder: expected PNG or JPEG images",
+                "empty class folder: expected PNG or JPEG images, or remove the folder",
             ));
         }
         for path in images {
@@ -145,7 +145,7 @@ fn decode(path: &Path, image_size: u32) -> Result<Vec<u8>, FormatError> {
     Ok(resized.into_raw())
 }
 
-/// The entries of a directory whose names do not start with a dot.
+/// Lists the entries of a directory whose names do not start with a dot.
 fn visible_entries(dir: &Path) -> Result<Vec<PathBuf>, FormatError> {
     let entries = fs::read_dir(dir).map_err(|err| error(dir, format!("failed to list: {err}")))?;
     let mut paths = Vec::new();
@@ -202,7 +202,7 @@ mod tests {
         (err.path, err.detail)
     }
 
-    /// The values of `tensor` scaled back from [0, 1] to bytes, which is exact for float32.
+    /// Scales the values of `tensor` from [0, 1] back to bytes, which is exact for float32.
     fn bytes(tensor: &Tensor) -> Vec<i64> {
         let scaled = (tensor * 255.0).round().to_kind(Kind::Int64).flatten(0, -1);
         Vec::<i64>::try_from(&scaled).unwrap()
@@ -286,8 +286,8 @@ mod tests {
             read_error(dir.path()),
             (
                 dir.path().to_path_buf(),
-                "no train directory: expected train/ and optionally val/ and test/, each with \
-                 one folder per class"
+                "missing train/ directory: expected train/ and optionally val/ and test/, each \
+                 with one folder per class"
                     .to_string()
             )
         );
@@ -301,7 +301,8 @@ mod tests {
             read_error(dir.path()),
             (
                 dir.path().join("train"),
-                "no class folders: expected one folder of PNG or JPEG images per class".to_string()
+                "missing class folders: expected one folder of PNG or JPEG images per class"
+                    .to_string()
             )
         );
     }
@@ -315,7 +316,7 @@ mod tests {
             read_error(dir.path()),
             (
                 dir.path().join("train/b"),
-                "empty class folder: expected PNG or JPEG images".to_string()
+                "empty class folder: expected PNG or JPEG images, or remove the folder".to_string()
             )
         );
     }
@@ -365,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn image_folder_rejects_loose_file_in_split() {
+    fn image_folder_rejects_loose_file() {
         let dir = tempfile::tempdir().unwrap();
         write_split(dir.path(), "train", &["a"], 2);
         let path = dir.path().join("train/labels.csv");
