@@ -1,5 +1,5 @@
-//! Runs the `tunefleet` binary as a child process: whole sweeps on `examples/data/digits.npz`,
-//! the exit codes and messages for bad input, failing and diverging trials, and cancellation by
+//! Runs the `tunefleet` binary as a child process: whole sweeps on `examples/data/digits.npz` and
+//! on a generated image folder, the exit codes and messages for bad input, failing and diverging trials, and cancellation by
 //! SIGINT (Ctrl-C) or SIGTERM.
 //!
 //! Every test has its own temporary data directory, so the tests can run in parallel.
@@ -463,6 +463,86 @@ fn invalid_dataset_rejected_before_trials() {
         "stderr:\n{}",
         run.stderr
     );
+    assert!(run.stdout.is_empty(), "stdout:\n{}", run.stdout);
+}
+
+/// Writes an image folder of 12 x 12 PNGs, 16 per class in train/ and 4 in test/: class
+/// "blue" is mostly blue and class "red" mostly red, with pixel noise from a fixed generator.
+fn write_image_folder(dir: &Path) {
+    let mut state = 7_u32;
+    let mut noise = move || {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        (state >> 16) as u8 % 64
+    };
+    for (split, num_images) in [("train", 16), ("test", 4)] {
+        for (class, colour) in [("blue", [0, 0, 160]), ("red", [160, 0, 0])] {
+            let class_dir = dir.join(split).join(class);
+            std::fs::create_dir_all(&class_dir).unwrap();
+            for i in 0..num_images {
+                let image = image::RgbImage::from_fn(12, 12, |_, _| {
+                    image::Rgb(colour.map(|c: u8| c + noise()))
+                });
+                image.save(class_dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn image_folder_sweep_succeeds() {
+    let dir = TempDir::new().unwrap();
+    let dataset = dir.path().join("colours");
+    write_image_folder(&dataset);
+    let spec = format!(
+        "name = \"colours\"\n\
+         [objective]\nmetric = \"val_accuracy\"\n\
+         [search]\nmethod = \"grid\"\n\
+         [parameters]\nlr = [0.01]\n\
+         [task]\nmodel = \"cnn\"\ndataset = \"{}\"\nepochs = 3\nimage_size = 8\n\
+         normalize_mean = [0.5, 0.5, 0.5]\nnormalize_std = [0.25, 0.25, 0.25]\n",
+        dataset.display()
+    );
+    let spec = write_spec(dir.path(), "colours.toml", &spec);
+
+    let run = run_sweep(&spec, &dir.path().join("store"), &["--json"]);
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let report = run.json();
+    assert_eq!(
+        str_field(&report["sweep"], "status"),
+        "succeeded",
+        "{report}"
+    );
+    let entry = trial(&report, 0);
+    assert_eq!(str_field(entry, "status"), "succeeded", "{entry}");
+    // Blue and red images differ in two channels, so even three epochs separate them.
+    assert_eq!(
+        f64_field(&report["ensemble"], "test_accuracy"),
+        1.0,
+        "{report}"
+    );
+}
+
+#[test]
+fn image_folder_unknown_class_rejected_before_trials() {
+    let dir = TempDir::new().unwrap();
+    let dataset = dir.path().join("colours");
+    write_image_folder(&dataset);
+    let green = dataset.join("test/green");
+    std::fs::create_dir_all(&green).unwrap();
+    image::RgbImage::new(12, 12)
+        .save(green.join("0.png"))
+        .unwrap();
+    let spec = grid_spec("bad-class", &dataset, "[0.01]", 1, Extra::default());
+    let spec = write_spec(dir.path(), "bad-class.toml", &spec);
+
+    let run = run_sweep(&spec, &dir.path().join("store"), &["--json"]);
+    assert_eq!(run.code, Some(EXIT_ERROR), "stderr:\n{}", run.stderr);
+    let expected = format!(
+        "invalid dataset {}: class \"green\" is not a class folder of train/, which has \
+         [\"blue\", \"red\"]",
+        green.display()
+    );
+    assert!(run.stderr.contains(&expected), "stderr:\n{}", run.stderr);
     assert!(run.stdout.is_empty(), "stdout:\n{}", run.stdout);
 }
 

@@ -162,6 +162,15 @@ fn load_spec(path: &Path) -> anyhow::Result<(String, String)> {
     let options = tunefleet_worker::train::DataOptions {
         format: spec.task.format.clone(),
         label_column: spec.task.label_column.clone(),
+        image_size: Some(spec.task.image_size),
+        normalize: spec
+            .task
+            .normalize
+            .as_ref()
+            .map(|n| tunefleet_worker::train::Normalize {
+                mean: n.mean.clone(),
+                std: n.std.clone(),
+            }),
     };
     tunefleet_worker::train::check_dataset(&spec.task.dataset, &options, &spec.task.model)
         .with_context(|| format!("invalid task.dataset in {}", path.display()))?;

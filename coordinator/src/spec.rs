@@ -66,13 +66,19 @@ const TASK_KEYS: &[&str] = &[
     "dataset",
     "format",
     "label_column",
+    "image_size",
+    "normalize_mean",
+    "normalize_std",
     "pretrained",
     "module",
     "epochs",
     "hyperparameters",
 ];
 /// Dataset formats the trainer reads; `format` unset infers one from the dataset path.
-const FORMATS: &[&str] = &["npz", "cifar10", "mnist", "csv"];
+const FORMATS: &[&str] = &["npz", "cifar10", "mnist", "csv", "imagefolder"];
+/// The side in pixels that image-folder images are resized to when `image_size` is unset.
+const DEFAULT_IMAGE_SIZE: u32 = 32;
+const MAX_IMAGE_SIZE: u32 = 1024;
 const ENSEMBLE_KEYS: &[&str] = &["size", "init_size", "metric"];
 
 const OBJECTIVE_METRICS: &[&str] = &[
@@ -234,10 +240,15 @@ pub struct TaskSpec {
     pub model: String,
     /// The dataset file or directory, resolved against the spec's base directory.
     pub dataset: PathBuf,
-    /// One of `npz`, `cifar10`, `mnist`, `csv`; `None` lets the trainer infer it.
+    /// One of `npz`, `cifar10`, `mnist`, `csv`, `imagefolder`; `None` lets the trainer infer
+    /// it.
     pub format: Option<String>,
     /// The label column of a CSV dataset; `None` means "label".
     pub label_column: Option<String>,
+    /// The side in pixels that image-folder images are resized to.
+    pub image_size: u32,
+    /// The per-channel normalisation of image formats; `None` keeps the format's default.
+    pub normalize: Option<Normalize>,
     /// Weights to start from, resolved against the spec's base directory.
     pub pretrained: Option<PathBuf>,
     /// The TorchScript module of model "torchscript", resolved against the base directory.
@@ -245,6 +256,16 @@ pub struct TaskSpec {
     pub epochs: u32,
     /// Fixed hyperparameters, in declaration order.
     pub hyperparameters: Vec<(String, Value)>,
+}
+
+/// Per-channel normalisation: each channel's pixels, scaled to [0, 1], become
+/// `(pixel - mean) / std`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalize {
+    /// One value per channel.
+    pub mean: Vec<f64>,
+    /// One value per channel, each > 0.
+    pub std: Vec<f64>,
 }
 
 /// How the final ensemble is selected.
@@ -443,6 +464,8 @@ fn parse_task(section: &Section, base_dir: &Path) -> Result<TaskSpec, SpecError>
             "\"\"",
         ));
     }
+    let image_size = parse_image_size(section, format.as_deref())?;
+    let normalize = parse_normalize(section)?;
     let pretrained = optional_path(
         section,
         "pretrained",
@@ -472,11 +495,74 @@ fn parse_task(section: &Section, base_dir: &Path) -> Result<TaskSpec, SpecError>
         dataset: base_dir.join(dataset),
         format,
         label_column,
+        image_size,
+        normalize,
         pretrained: pretrained.map(|path| base_dir.join(path)),
         module: module.map(|path| base_dir.join(path)),
         epochs: epochs.unwrap_or(DEFAULT_EPOCHS),
         hyperparameters: Vec::new(),
     })
+}
+
+/// Reads `image_size`, which only the image-folder format uses.
+fn parse_image_size(section: &Section, format: Option<&str>) -> Result<u32, SpecError> {
+    let image_size = section.u32("image_size", 1, MAX_IMAGE_SIZE)?;
+    match (image_size, format) {
+        (Some(_), Some(format)) if format != "imagefolder" => Err(invalid(
+            "task.image_size",
+            "no image_size unless format is \"imagefolder\"",
+            &format!("an image_size with format {format:?}"),
+        )),
+        _ => Ok(image_size.unwrap_or(DEFAULT_IMAGE_SIZE)),
+    }
+}
+
+/// Reads `normalize_mean` and `normalize_std`, which come together with one value per channel.
+fn parse_normalize(section: &Section) -> Result<Option<Normalize>, SpecError> {
+    let mean = section.floats(
+        "normalize_mean",
+        "an array of numbers, one per channel",
+        |_| true,
+    )?;
+    let std = section.floats(
+        "normalize_std",
+        "an array of numbers > 0, one per channel",
+        |x| x > 0.0,
+    )?;
+    let (mean, std) = match (mean, std) {
+        (None, None) => return Ok(None),
+        (Some(mean), Some(std)) => (mean, std),
+        (Some(_), None) => {
+            return Err(section.missing("normalize_std", "one value per normalize_mean value"))
+        }
+        (None, Some(_)) => {
+            return Err(section.missing("normalize_mean", "one value per normalize_std value"))
+        }
+    };
+    for (key, values) in [("normalize_mean", &mean), ("normalize_std", &std)] {
+        if !matches!(values.len(), 1 | 3) {
+            return Err(invalid(
+                &format!("task.{key}"),
+                "1 or 3 values, one per channel",
+                &num_values(values.len()),
+            ));
+        }
+    }
+    if mean.len() != std.len() {
+        return Err(invalid(
+            "task.normalize_std",
+            &format!("{} values like normalize_mean", mean.len()),
+            &num_values(std.len()),
+        ));
+    }
+    Ok(Some(Normalize { mean, std }))
+}
+
+fn num_values(count: usize) -> String {
+    match count {
+        1 => "1 value".to_string(),
+        _ => format!("{count} values"),
+    }
 }
 
 fn optional_path<'a>(
@@ -740,13 +826,64 @@ mod tests {
                 "unknown task key",
                 spec_text("epoch = 5"),
                 "unknown key task.epoch: expected one of model, dataset, format, label_column, \
-                 pretrained, module, epochs, hyperparameters",
+                 image_size, normalize_mean, normalize_std, pretrained, module, epochs, \
+                 hyperparameters",
             ),
             (
                 "unknown format",
                 spec_text("format = \"parquet\""),
                 "invalid task.format: expected one of \"npz\", \"cifar10\", \"mnist\", \"csv\", \
-                 got \"parquet\"",
+                 \"imagefolder\", got \"parquet\"",
+            ),
+            (
+                "image size zero",
+                spec_text("image_size = 0"),
+                "invalid task.image_size: expected an int from 1 to 1024, got 0",
+            ),
+            (
+                "image size with another format",
+                spec_text("format = \"npz\"\nimage_size = 64"),
+                "invalid task.image_size: expected no image_size unless format is \
+                 \"imagefolder\", got an image_size with format \"npz\"",
+            ),
+            (
+                "normalize mean without std",
+                spec_text("normalize_mean = [0.5, 0.5, 0.5]"),
+                "missing task.normalize_std: expected one value per normalize_mean value",
+            ),
+            (
+                "normalize std without mean",
+                spec_text("normalize_std = [0.5]"),
+                "missing task.normalize_mean: expected one value per normalize_std value",
+            ),
+            (
+                "normalize std zero",
+                spec_text("normalize_mean = [0.5]\nnormalize_std = [0.0]"),
+                "invalid task.normalize_std: expected an array of numbers > 0, one per channel, \
+                 got 0.0",
+            ),
+            (
+                "normalize mean not an array",
+                spec_text("normalize_mean = 0.5\nnormalize_std = [0.2]"),
+                "invalid task.normalize_mean: expected an array of numbers, one per channel, got \
+                 0.5 (float)",
+            ),
+            (
+                "normalize mean of strings",
+                spec_text("normalize_mean = [\"a\"]\nnormalize_std = [0.2]"),
+                "invalid task.normalize_mean: expected an array of numbers, one per channel, got \
+                 \"a\" (string)",
+            ),
+            (
+                "normalize two channels",
+                spec_text("normalize_mean = [0.5, 0.5]\nnormalize_std = [0.2, 0.2]"),
+                "invalid task.normalize_mean: expected 1 or 3 values, one per channel, got 2 \
+                 values",
+            ),
+            (
+                "normalize lengths differ",
+                spec_text("normalize_mean = [0.5, 0.5, 0.5]\nnormalize_std = [0.2]"),
+                "invalid task.normalize_std: expected 3 values like normalize_mean, got 1 value",
             ),
             (
                 "module without torchscript",
@@ -1306,6 +1443,28 @@ mod tests {
         assert_eq!(spec.search.seed, 7);
         assert_eq!(spec.ensemble.init_size, 5);
         assert_eq!(spec.ensemble.metric, SelectionMetric::Loss);
+    }
+
+    #[test]
+    fn spec_reads_image_keys() {
+        let spec = parse_ok(&spec_text(
+            "format = \"imagefolder\"\nimage_size = 224\n\
+             normalize_mean = [0.485, 0.456, 0.406]\nnormalize_std = [0.229, 0.224, 1]",
+        ));
+        assert_eq!(spec.task.format.as_deref(), Some("imagefolder"));
+        assert_eq!(spec.task.image_size, 224);
+        let expected = Normalize {
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 1.0],
+        };
+        assert_eq!(spec.task.normalize, Some(expected));
+    }
+
+    #[test]
+    fn spec_image_keys_default() {
+        let spec = parse_ok(&spec_text(""));
+        assert_eq!(spec.task.image_size, 32);
+        assert_eq!(spec.task.normalize, None);
     }
 
     #[test]

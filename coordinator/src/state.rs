@@ -850,6 +850,15 @@ impl Scheduler {
             pretrained: path_string(task.pretrained.as_deref()),
             label_column: task.label_column.clone().unwrap_or_default(),
             module: path_string(task.module.as_deref()),
+            image_size: task.image_size,
+            normalize_mean: task
+                .normalize
+                .as_ref()
+                .map_or_else(Vec::new, |n| n.mean.clone()),
+            normalize_std: task
+                .normalize
+                .as_ref()
+                .map_or_else(Vec::new, |n| n.std.clone()),
         }
     }
 

@@ -538,6 +538,9 @@ fn trainer_request(slot: &SlotConfig, assignment: &v1::Assignment) -> v1::TrainR
         label_column: assignment.label_column.clone(),
         module: assignment.module.clone(),
         objective: assignment.objective.clone(),
+        image_size: assignment.image_size,
+        normalize_mean: assignment.normalize_mean.clone(),
+        normalize_std: assignment.normalize_std.clone(),
     }
 }
 

@@ -13,8 +13,8 @@ use tunefleet_proto::v1::{self, trainer_event::Event};
 use tunefleet_proto::{now_ms, params_from_proto};
 
 use crate::train::{
-    self, DataOptions, EpochReport, Objective, SplitMetrics, SplitPredictions, TrainError,
-    TrainJob, TrainResult,
+    self, DataOptions, EpochReport, Normalize, Objective, SplitMetrics, SplitPredictions,
+    TrainError, TrainJob, TrainResult,
 };
 
 /// Exit code for a run that failed with a reason written to stdout.
@@ -219,6 +219,8 @@ fn job_from_request(request: &v1::TrainRequest) -> Result<TrainJob, String> {
         data: DataOptions {
             format: non_empty(&request.format),
             label_column: non_empty(&request.label_column),
+            image_size: (request.image_size > 0).then_some(request.image_size),
+            normalize: normalize_from_request(request),
         },
         pretrained: non_empty(&request.pretrained).map(PathBuf::from),
         module: non_empty(&request.module).map(PathBuf::from),
@@ -228,6 +230,17 @@ fn job_from_request(request: &v1::TrainRequest) -> Result<TrainJob, String> {
         seed: request.seed,
         device,
         num_threads: request.num_threads.max(1),
+    })
+}
+
+/// Reads the request's normalisation; both lists empty keep the format's default.
+fn normalize_from_request(request: &v1::TrainRequest) -> Option<Normalize> {
+    if request.normalize_mean.is_empty() && request.normalize_std.is_empty() {
+        return None;
+    }
+    Some(Normalize {
+        mean: request.normalize_mean.clone(),
+        std: request.normalize_std.clone(),
     })
 }
 
@@ -280,5 +293,44 @@ fn write_event(event: Event) {
         // The worker reads stdout until we exit; if it cannot, it has gone away.
         eprintln!("tunefleet trainer: failed to write to the worker: {err}");
         std::process::exit(EXIT_ORPHANED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> v1::TrainRequest {
+        v1::TrainRequest {
+            model: "cnn".to_string(),
+            dataset: "/data/flowers".to_string(),
+            epochs: 1,
+            device: "cpu".to_string(),
+            ..v1::TrainRequest::default()
+        }
+    }
+
+    #[test]
+    fn job_takes_image_keys() {
+        let request = v1::TrainRequest {
+            image_size: 224,
+            normalize_mean: vec![0.5, 0.4, 0.3],
+            normalize_std: vec![0.2, 0.2, 0.1],
+            ..request()
+        };
+        let job = job_from_request(&request).unwrap();
+        assert_eq!(job.data.image_size, Some(224));
+        let expected = Normalize {
+            mean: vec![0.5, 0.4, 0.3],
+            std: vec![0.2, 0.2, 0.1],
+        };
+        assert_eq!(job.data.normalize, Some(expected));
+    }
+
+    #[test]
+    fn job_leaves_unset_image_keys_to_defaults() {
+        let job = job_from_request(&request()).unwrap();
+        assert_eq!(job.data.image_size, None);
+        assert_eq!(job.data.normalize, None);
     }
 }

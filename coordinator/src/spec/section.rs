@@ -136,6 +136,34 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// Reads an array of numbers, each of which `accept` must take.
+    pub(super) fn floats(
+        &self,
+        key: &str,
+        expected: &str,
+        accept: impl Fn(f64) -> bool,
+    ) -> Result<Option<Vec<f64>>, SpecError> {
+        let path = self.key_path(key);
+        let items = match self.get(key) {
+            None => return Ok(None),
+            Some(toml::Value::Array(items)) => items,
+            Some(other) => return Err(mistyped(&path, expected, other)),
+        };
+        let mut values = Vec::with_capacity(items.len());
+        for item in items {
+            let x = match item {
+                toml::Value::Integer(i) => *i as f64,
+                toml::Value::Float(x) => *x,
+                other => return Err(mistyped(&path, expected, other)),
+            };
+            if !x.is_finite() || !accept(x) {
+                return Err(invalid(&path, expected, &format!("{x:?}")));
+            }
+            values.push(x);
+        }
+        Ok(Some(values))
+    }
+
     pub(super) fn u32(&self, key: &str, min: u32, max: u32) -> Result<Option<u32>, SpecError> {
         let value = self.int(key, min.into(), max.into())?;
         // The range check above keeps the value within u32.

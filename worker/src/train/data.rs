@@ -1,19 +1,21 @@
 //! Loads and validates a dataset in one of the formats `docs/data.md` describes: an `.npz`
 //! archive with the arrays `train_x`, `train_y`, `val_x`, `val_y`, `test_x` and `test_y`,
-//! CIFAR-10 binary batches, MNIST idx files or CSV tables.
+//! CIFAR-10 binary batches, MNIST idx files, CSV tables or an image folder.
 
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
-use super::formats::{self, RawSplits};
+use super::formats::{self, RawSplits, CIFAR_MEAN, CIFAR_STD};
+use super::imagefolder;
 use super::TrainError;
 
 /// Dataset formats the trainer reads.
-// TODO: an image-folder format (one directory per class of PNG and JPEG files, resized to a
-// configured size) and task keys for per-channel normalisation. Only CIFAR-10 is normalised,
-// with its own fixed mean and standard deviation.
-pub const FORMATS: &[&str] = &["npz", "cifar10", "mnist", "csv"];
+pub const FORMATS: &[&str] = &["npz", "cifar10", "mnist", "csv", "imagefolder"];
+/// The formats whose rows are images, which `normalize` applies to.
+const IMAGE_FORMATS: &[&str] = &["cifar10", "mnist", "imagefolder"];
+/// The side in pixels that image-folder images are resized to when `image_size` is unset.
+pub const DEFAULT_IMAGE_SIZE: u32 = 32;
 
 /// The array names of a dataset file, in the order they are checked.
 const ARRAY_NAMES: [&str; 6] = ["train_x", "train_y", "val_x", "val_y", "test_x", "test_y"];
@@ -53,6 +55,32 @@ pub struct DataOptions {
     pub format: Option<String>,
     /// The CSV column of the labels; `None` means "label".
     pub label_column: Option<String>,
+    /// The side in pixels that image-folder images are resized to; `None` means
+    /// [`DEFAULT_IMAGE_SIZE`].
+    pub image_size: Option<u32>,
+    /// The per-channel normalisation of an image format; `None` keeps the format's default:
+    /// CIFAR-10's own mean and standard deviation, none for the others.
+    pub normalize: Option<Normalize>,
+}
+
+/// Per-channel normalisation: each channel's pixels, scaled to [0, 1], become
+/// `(pixel - mean) / std`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalize {
+    /// One value per channel.
+    pub mean: Vec<f64>,
+    /// One value per channel, each > 0.
+    pub std: Vec<f64>,
+}
+
+impl Normalize {
+    /// Returns CIFAR-10's per-channel mean and standard deviation.
+    pub fn cifar10() -> Self {
+        Normalize {
+            mean: CIFAR_MEAN.to_vec(),
+            std: CIFAR_STD.to_vec(),
+        }
+    }
 }
 
 /// Infers the format of the dataset at `path`: by the extension of a file, or by the files a
@@ -73,10 +101,14 @@ pub fn infer_format(path: &Path) -> Result<&'static str, TrainError> {
         if has("train.csv") {
             return Ok("csv");
         }
+        if path.join("train").is_dir() {
+            return Ok("imagefolder");
+        }
         return Err(invalid(
             "cannot infer the format of this directory: expected CIFAR-10 batches \
-             (data_batch_1.bin, test_batch.bin), MNIST idx files (train-images-idx3-ubyte) or \
-             train.csv and test.csv; set task.format"
+             (data_batch_1.bin, test_batch.bin), MNIST idx files (train-images-idx3-ubyte), \
+             train.csv and test.csv or an image folder (train/ with one folder per class); set \
+             task.format"
                 .to_string(),
         ));
     }
@@ -100,19 +132,32 @@ impl Dataset {
             None => infer_format(path)?,
         };
         let label_column = options.label_column.as_deref().unwrap_or("label");
+        let normalize = options.normalize.as_ref();
+        if let Some(normalize) = normalize {
+            check_normalize(path, format, normalize)?;
+        }
+        let image_size = options.image_size.unwrap_or(DEFAULT_IMAGE_SIZE);
         let raw = match format {
             "npz" => read_npz(path),
-            "cifar10" => formats::read_cifar10(path).map_err(format_error),
+            "cifar10" => {
+                let normalize = normalize.cloned().unwrap_or_else(Normalize::cifar10);
+                formats::read_cifar10(path, &normalize).map_err(format_error)
+            }
             "mnist" => formats::read_mnist(path).map_err(format_error),
             "csv" => formats::read_csv(path, label_column).map_err(format_error),
+            "imagefolder" => imagefolder::read_image_folder(path, image_size).map_err(format_error),
             other => Err(TrainError::Dataset {
                 path: path.to_path_buf(),
                 detail: format!(
                     "unknown format {other:?}: expected one of \"npz\", \"cifar10\", \
-                     \"mnist\", \"csv\""
+                     \"mnist\", \"csv\", \"imagefolder\""
                 ),
             }),
         }?;
+        let raw = match normalize {
+            Some(normalize) if format != "cifar10" => normalise_splits(path, raw, normalize)?,
+            _ => raw,
+        };
         Self::from_splits(path, raw, device)
     }
 
@@ -206,6 +251,70 @@ impl Dataset {
             path: self.path.clone(),
             detail,
         })
+    }
+}
+
+/// Checks that `normalize` fits `format` before the dataset is read.
+fn check_normalize(path: &Path, format: &str, normalize: &Normalize) -> Result<(), TrainError> {
+    let invalid = |detail: String| TrainError::Dataset {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if !IMAGE_FORMATS.contains(&format) {
+        return Err(invalid(format!(
+            "normalize_mean and normalize_std apply only to the image formats \"cifar10\", \
+             \"mnist\" and \"imagefolder\", got format {format:?}"
+        )));
+    }
+    if normalize.mean.len() != normalize.std.len() {
+        return Err(invalid(format!(
+            "normalize_mean has {} but normalize_std has {}",
+            count(normalize.mean.len() as i64, "value"),
+            count(normalize.std.len() as i64, "value")
+        )));
+    }
+    // NaN fails `is_finite`, so it is rejected too.
+    let is_valid = |std: f64| std.is_finite() && std > 0.0;
+    if let Some(std) = normalize.std.iter().find(|std| !is_valid(**std)) {
+        return Err(invalid(format!(
+            "normalize_std contains {std}, expected values > 0"
+        )));
+    }
+    Ok(())
+}
+
+/// Normalises every split's images, whose channel count must match `normalize`.
+fn normalise_splits(
+    path: &Path,
+    raw: RawSplits,
+    normalize: &Normalize,
+) -> Result<RawSplits, TrainError> {
+    let num_channels = raw.train.0.size().get(1).copied().unwrap_or(0);
+    if num_channels != normalize.mean.len() as i64 {
+        return Err(TrainError::Dataset {
+            path: path.to_path_buf(),
+            detail: format!(
+                "normalize_mean has {} but the images have {}",
+                count(normalize.mean.len() as i64, "value"),
+                count(num_channels, "channel")
+            ),
+        });
+    }
+    let apply =
+        |(x, y): (Tensor, Tensor)| (formats::normalise(&x, &normalize.mean, &normalize.std), y);
+    Ok(RawSplits {
+        train: apply(raw.train),
+        val: apply(raw.val),
+        test: apply(raw.test),
+    })
+}
+
+/// Writes `number` with `noun`, plural unless the number is 1.
+fn count(number: i64, noun: &str) -> String {
+    if number == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{number} {noun}s")
     }
 }
 
@@ -528,5 +637,113 @@ mod tests {
             }
         }
         assert!(load(&arrays).check_input_for("mlp").is_ok());
+    }
+
+    /// Writes a one-class image folder of 4 x 4 PNGs whose pixels are (51, 102, 255).
+    fn image_folder() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for split in ["train", "val", "test"] {
+            let class_dir = dir.path().join(split).join("a");
+            std::fs::create_dir_all(&class_dir).unwrap();
+            let image = image::RgbImage::from_pixel(4, 4, image::Rgb([51, 102, 255]));
+            image.save(class_dir.join("0.png")).unwrap();
+        }
+        dir
+    }
+
+    fn image_options(normalize: Option<Normalize>) -> DataOptions {
+        DataOptions {
+            image_size: Some(4),
+            normalize,
+            ..DataOptions::default()
+        }
+    }
+
+    #[test]
+    fn infer_format_finds_image_folder() {
+        let dir = image_folder();
+        assert_eq!(infer_format(dir.path()).unwrap(), "imagefolder");
+    }
+
+    #[test]
+    fn image_folder_is_not_normalised_by_default() {
+        let dir = image_folder();
+        let dataset = Dataset::load(dir.path(), &image_options(None), Device::Cpu).unwrap();
+        assert_eq!(dataset.row_shape, vec![3, 4, 4]);
+        assert_eq!(dataset.num_classes, 1);
+        let green = dataset.test.x.double_value(&[0, 1, 3, 3]);
+        assert!((green - 0.4).abs() < 1e-6, "{green}");
+    }
+
+    #[test]
+    fn image_folder_applies_normalize() {
+        let dir = image_folder();
+        let normalize = Normalize {
+            mean: vec![0.2, 0.5, 0.0],
+            std: vec![0.5, 0.25, 2.0],
+        };
+        let options = image_options(Some(normalize));
+        let dataset = Dataset::load(dir.path(), &options, Device::Cpu).unwrap();
+        let pixel: Vec<f64> = (0..3)
+            .map(|channel| dataset.val.x.double_value(&[0, channel, 2, 1]))
+            .collect();
+        let expected = [0.0, -0.4, 0.5];
+        for (value, expected) in pixel.iter().zip(expected) {
+            assert!((value - expected).abs() < 1e-6, "{pixel:?}");
+        }
+    }
+
+    #[test]
+    fn normalize_rejects_channel_mismatch() {
+        let dir = image_folder();
+        let normalize = Normalize {
+            mean: vec![0.5],
+            std: vec![0.5],
+        };
+        let err = Dataset::load(dir.path(), &image_options(Some(normalize)), Device::Cpu);
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            format!(
+                "invalid dataset {}: normalize_mean has 1 value but the images have 3 channels",
+                dir.path().display()
+            )
+        );
+    }
+
+    #[test]
+    fn normalize_rejects_npz() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.npz");
+        Tensor::write_npz(&valid_arrays(), &path).unwrap();
+        let normalize = Normalize {
+            mean: vec![0.5],
+            std: vec![0.5],
+        };
+        let err = Dataset::load(&path, &image_options(Some(normalize)), Device::Cpu);
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            format!(
+                "invalid dataset {}: normalize_mean and normalize_std apply only to the image \
+                 formats \"cifar10\", \"mnist\" and \"imagefolder\", got format \"npz\"",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn normalize_rejects_zero_std() {
+        let dir = image_folder();
+        let normalize = Normalize {
+            mean: vec![0.5; 3],
+            std: vec![0.5, 0.0, 0.5],
+        };
+        let err = Dataset::load(dir.path(), &image_options(Some(normalize)), Device::Cpu);
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            format!(
+                "invalid dataset {}: normalize_std contains 0, expected values > 0",
+                dir.path().display()
+            )
+        );
     }
 }

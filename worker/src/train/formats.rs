@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
+use super::data::Normalize;
 use super::shuffle;
 
 /// Bytes of one CIFAR-10 record: a label byte, then 32 x 32 pixels of red, green and blue.
@@ -17,7 +18,7 @@ pub const CIFAR_MEAN: [f64; 3] = [0.4914, 0.4822, 0.4465];
 pub const CIFAR_STD: [f64; 3] = [0.2470, 0.2435, 0.2616];
 /// The share of the training rows held out for validation when a format has no validation
 /// split of its own, and of all rows held out for testing from a single CSV file.
-const HOLD_OUT_FRACTION: f64 = 0.1;
+pub(super) const HOLD_OUT_FRACTION: f64 = 0.1;
 
 /// Inputs and labels of one split before validation.
 pub type RawSplit = (Tensor, Tensor);
@@ -36,7 +37,7 @@ pub struct FormatError {
     pub detail: String,
 }
 
-fn error(path: &Path, detail: impl Into<String>) -> FormatError {
+pub(super) fn error(path: &Path, detail: impl Into<String>) -> FormatError {
     FormatError {
         path: path.to_path_buf(),
         detail: detail.into(),
@@ -45,9 +46,9 @@ fn error(path: &Path, detail: impl Into<String>) -> FormatError {
 
 /// Reads a CIFAR-10 binary directory: `data_batch_1.bin` to `data_batch_5.bin` (those
 /// present, at least one) and `test_batch.bin`. Pixels are scaled to [0, 1] and normalised with
-/// [`CIFAR_MEAN`] and [`CIFAR_STD`]; the last tenth of the shuffled training rows is the
-/// validation split.
-pub fn read_cifar10(dir: &Path) -> Result<RawSplits, FormatError> {
+/// `normalize`, by default [`CIFAR_MEAN`] and [`CIFAR_STD`]; the last tenth of the shuffled
+/// training rows is the validation split.
+pub fn read_cifar10(dir: &Path, normalize: &Normalize) -> Result<RawSplits, FormatError> {
     let mut train_files: Vec<PathBuf> = (1..=5)
         .map(|i| dir.join(format!("data_batch_{i}.bin")))
         .filter(|path| path.is_file())
@@ -66,8 +67,8 @@ pub fn read_cifar10(dir: &Path) -> Result<RawSplits, FormatError> {
     for path in train_files.drain(..) {
         train_bytes.extend(read_cifar_file(&path)?);
     }
-    let train = cifar_records(&train_bytes)?;
-    let test = cifar_records(&read_cifar_file(&test_file)?)?;
+    let train = cifar_records(&train_bytes, normalize)?;
+    let test = cifar_records(&read_cifar_file(&test_file)?, normalize)?;
     let (train, val) = hold_out(dir, train, HOLD_OUT_FRACTION)?;
     Ok(RawSplits { train, val, test })
 }
@@ -96,7 +97,7 @@ fn read_cifar_file(path: &Path) -> Result<Vec<u8>, FormatError> {
     Ok(bytes)
 }
 
-fn cifar_records(bytes: &[u8]) -> Result<RawSplit, FormatError> {
+fn cifar_records(bytes: &[u8], normalize: &Normalize) -> Result<RawSplit, FormatError> {
     let num_records = (bytes.len() / CIFAR_RECORD_BYTES) as i64;
     let records = Tensor::from_slice(bytes).view([num_records, CIFAR_RECORD_BYTES as i64]);
     let labels = records.narrow(1, 0, 1).squeeze_dim(1).to_kind(Kind::Int64);
@@ -105,7 +106,7 @@ fn cifar_records(bytes: &[u8]) -> Result<RawSplit, FormatError> {
         .view([num_records, 3, 32, 32])
         .to_kind(Kind::Float)
         / 255.0;
-    Ok((normalise(&pixels, &CIFAR_MEAN, &CIFAR_STD), labels))
+    Ok((normalise(&pixels, &normalize.mean, &normalize.std), labels))
 }
 
 /// Subtracts `mean` from each channel of `NCHW` images and divides by `std`.
@@ -307,7 +308,7 @@ fn csv_split(path: &Path, label_column: &str) -> Result<(RawSplit, Vec<String>),
 
 /// Splits `fraction` of the rows (at least one) off a shuffled copy of `split`, with a fixed
 /// seed so that every trial of a sweep holds out the same rows.
-fn hold_out(
+pub(super) fn hold_out(
     path: &Path,
     split: RawSplit,
     fraction: f64,
@@ -360,7 +361,7 @@ mod tests {
     fn cifar_decodes_labels_and_pixels() {
         let dir = tempfile::tempdir().unwrap();
         write_cifar_dir(dir.path(), 10);
-        let splits = read_cifar10(dir.path()).unwrap();
+        let splits = read_cifar10(dir.path(), &Normalize::cifar10()).unwrap();
         assert_eq!(splits.train.0.size(), vec![9, 3, 32, 32]);
         assert_eq!(splits.val.0.size(), vec![1, 3, 32, 32]);
         assert_eq!(Vec::<i64>::try_from(&splits.test.1).unwrap(), vec![7]);
@@ -390,7 +391,9 @@ mod tests {
         write_cifar_dir(dir.path(), 2);
         let path = dir.path().join("test_batch.bin");
         write(&path, &cifar_record(1, 0)[..3000]);
-        let err = read_cifar10(dir.path()).err().unwrap();
+        let err = read_cifar10(dir.path(), &Normalize::cifar10())
+            .err()
+            .unwrap();
         assert_eq!(err.path, path);
         assert_eq!(
             err.detail,
@@ -406,7 +409,9 @@ mod tests {
         let mut bytes = cifar_record(1, 0);
         bytes.extend(cifar_record(10, 0));
         write(&dir.path().join("data_batch_1.bin"), &bytes);
-        let err = read_cifar10(dir.path()).err().unwrap();
+        let err = read_cifar10(dir.path(), &Normalize::cifar10())
+            .err()
+            .unwrap();
         assert_eq!(err.detail, "record 1 has label 10, expected 0 to 9");
     }
 
@@ -414,7 +419,9 @@ mod tests {
     fn cifar_needs_test_batch() {
         let dir = tempfile::tempdir().unwrap();
         write(&dir.path().join("data_batch_1.bin"), &cifar_record(1, 0));
-        let err = read_cifar10(dir.path()).err().unwrap();
+        let err = read_cifar10(dir.path(), &Normalize::cifar10())
+            .err()
+            .unwrap();
         assert_eq!(err.path, dir.path().join("test_batch.bin"));
         assert_eq!(err.detail, "missing CIFAR-10 test batch");
     }

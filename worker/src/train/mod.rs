@@ -4,6 +4,7 @@
 
 mod data;
 mod formats;
+mod imagefolder;
 mod loader;
 mod metrics;
 mod model;
@@ -18,7 +19,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use tracing::{debug, info};
 use tunefleet_proto::hyper::TrainConfig;
 
-pub use self::data::{infer_format, DataOptions, FORMATS};
+pub use self::data::{infer_format, DataOptions, Normalize, FORMATS};
 pub use self::formats::{CIFAR_MEAN, CIFAR_STD};
 pub use self::metrics::{class_metrics, ClassMetrics};
 pub use self::pretrained::{PretrainedReport, SkippedTensor};
