@@ -5,6 +5,7 @@ take PyTorch weights by name.
 Usage: torch_resnet.py {resnet18,resnet34} NUM_CLASSES OUT.safetensors
 """
 
+import ctypes
 import json
 import struct
 import sys
@@ -67,7 +68,9 @@ def save_safetensors(tensors, path):
     header of dtype, shape and byte offsets, then the raw little-endian data."""
     header, chunks, offset = {}, [], 0
     for name, tensor in tensors.items():
-        data = tensor.detach().contiguous().cpu().numpy().tobytes()
+        # Copied through ctypes because this torch wheel does not bring numpy.
+        flat = tensor.detach().contiguous().cpu()
+        data = ctypes.string_at(flat.data_ptr(), flat.numel() * flat.element_size())
         header[name] = {
             "dtype": DTYPES[tensor.dtype],
             "shape": list(tensor.shape),

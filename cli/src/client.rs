@@ -118,7 +118,7 @@ pub(crate) async fn connect(
         .await
         .map_err(|err| anyhow::anyhow!(err))?;
     let client = SweepServiceClient::new(channel);
-    Ok(client.max_decoding_message_size(64 * 1024 * 1024))
+    Ok(client.max_decoding_message_size(tunefleet_proto::MAX_ARTIFACT_MESSAGE_BYTES))
 }
 
 pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {

@@ -30,9 +30,9 @@ use crate::state::{Changes, ReportVerdict, Scheduler, SchedulerConfig};
 use crate::store::{EmbeddedStore, StateStore, WriteBatch};
 use crate::summary;
 
-/// The largest gRPC message the coordinator sends or the worker API accepts, in bytes
-/// (artifact uploads are the largest).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The largest gRPC message the coordinator sends or the worker API accepts, in bytes. Artifact
+/// uploads are the largest: a ResNet-50 checkpoint has about 94 MiB.
+pub const MAX_MESSAGE_BYTES: usize = tunefleet_proto::MAX_ARTIFACT_MESSAGE_BYTES;
 /// The largest request the sweep API accepts, in bytes: a spec and its base directory.
 pub const MAX_SWEEP_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Maximum time a unary call may run on the server, including an `AcquireTrial` long poll of

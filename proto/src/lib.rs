@@ -24,6 +24,9 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of `proto/tunefleet.proto`, which gRPC reflection serves.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tunefleet_descriptor");
 
+/// The largest gRPC message that carries an artifact (an upload or a download), in bytes.
+pub const MAX_ARTIFACT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
 /// Milliseconds since the Unix epoch, the time unit of every `*_ms` field.
 pub fn now_ms() -> i64 {
     let since_epoch = std::time::SystemTime::now()

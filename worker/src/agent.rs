@@ -174,8 +174,8 @@ impl FailoverClient {
             .into_iter()
             .map(|endpoint| {
                 WorkerServiceClient::new(endpoint.connect_lazy())
-                    .max_decoding_message_size(64 * 1024 * 1024)
-                    .max_encoding_message_size(64 * 1024 * 1024)
+                    .max_decoding_message_size(tunefleet_proto::MAX_ARTIFACT_MESSAGE_BYTES)
+                    .max_encoding_message_size(tunefleet_proto::MAX_ARTIFACT_MESSAGE_BYTES)
             })
             .collect();
         Ok(Self {

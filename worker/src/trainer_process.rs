@@ -23,10 +23,10 @@ pub const EXIT_TRAINING_FAILED: i32 = 1;
 pub const EXIT_BAD_REQUEST: i32 = 2;
 /// Exit code when stdin closed early, which means the worker went away.
 pub const EXIT_ORPHANED: i32 = 3;
-/// The largest checkpoint the trainer hands to the worker. Artifacts travel in one gRPC message
-/// of at most 64 MiB, so the weights of larger models (ResNet-50 has about 94 MiB) are not
-/// uploaded.
-const MAX_CHECKPOINT_BYTES: usize = 60 * 1024 * 1024;
+/// The largest checkpoint the trainer hands to the worker. An artifact travels in one gRPC
+/// message of at most `MAX_ARTIFACT_MESSAGE_BYTES` (256 MiB), and this leaves room for the rest
+/// of the upload, so larger weights are not uploaded.
+const MAX_CHECKPOINT_BYTES: usize = 250 * 1024 * 1024;
 /// The artifact name of the best epoch's weights.
 pub const CHECKPOINT_ARTIFACT: &str = "checkpoint.safetensors";
 
