@@ -224,20 +224,6 @@ fn patience_without_objective_is_rejected() {
 }
 
 #[test]
-fn bf16_is_rejected_on_cpu() {
-    let dir = tempfile::tempdir().unwrap();
-    let dataset = dir.path().join("images.npz");
-    write_images(&dataset);
-    let params = cnn_params(&[("precision", Value::String("bf16".into()))]);
-    let err = run(&job(&dataset, "cnn", &params, 1)).1.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "invalid training config: precision \"bf16\" is not supported on the CPU: use \
-         precision \"fp32\""
-    );
-}
-
-#[test]
 fn epoch_reports_macro_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = dir.path().join("images.npz");
