@@ -10,7 +10,7 @@ use std::os::raw::c_int;
 
 use tch::Device;
 
-/// libtorch's device codes in the shim.
+/// Device codes of the shim, which maps them to libtorch's CPU and CUDA device types.
 const CPU: c_int = 0;
 const CUDA: c_int = 1;
 
@@ -36,7 +36,8 @@ pub struct Bf16Autocast {
 }
 
 impl Bf16Autocast {
-    /// Enables bf16 autocast for `device`'s device type (CPU or CUDA) on this thread.
+    /// Enables bf16 autocast on this thread for the CPU when `device` is the CPU, and for CUDA
+    /// otherwise; the trainer accepts bf16 only on the CPU and CUDA devices.
     pub fn new(device: Device) -> Bf16Autocast {
         let device = device_code(device);
         // SAFETY: the shim's functions take plain integers and touch only libtorch's

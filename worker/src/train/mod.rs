@@ -316,6 +316,12 @@ fn check_job(job: &TrainJob) -> Result<(), TrainError> {
             "patience needs an objective metric to watch".to_string(),
         ));
     }
+    if job.config.precision == "bf16" && !matches!(job.device, Device::Cpu | Device::Cuda(_)) {
+        return Err(TrainError::Config(format!(
+            "precision \"bf16\" needs the CPU or a CUDA device, got {:?}",
+            job.device
+        )));
+    }
     Ok(())
 }
 
