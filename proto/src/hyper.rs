@@ -264,7 +264,7 @@ pub const HYPERPARAMETERS: &[HyperparameterDef] = &[
         kind: Kind::String,
         models: &[],
         default: DefaultValue::Str("fp32"),
-        allowed: "one of \"fp32\", \"bf16\" (bf16 needs a CUDA device)",
+        allowed: "one of \"fp32\", \"bf16\"",
         check: |v| matches!(v.as_str(), Some(s) if PRECISIONS.contains(&s)),
         range: None,
     },

@@ -224,16 +224,17 @@ fn patience_without_objective_is_rejected() {
 }
 
 #[test]
-fn bf16_is_rejected_on_cpu() {
+fn bf16_is_rejected_on_mps() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = dir.path().join("images.npz");
     write_images(&dataset);
     let params = cnn_params(&[("precision", Value::String("bf16".into()))]);
-    let err = run(&job(&dataset, "cnn", &params, 1)).1.unwrap_err();
+    let mut job = job(&dataset, "cnn", &params, 1);
+    job.device = Device::Mps;
+    let err = run(&job).1.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "invalid training config: precision \"bf16\" is not supported on the CPU: use \
-         precision \"fp32\""
+        "invalid training config: precision \"bf16\" needs the CPU or a CUDA device, got Mps"
     );
 }
 

@@ -4,6 +4,7 @@
 //! 2.11 on a CPU. After 10 epochs mlp reached a val accuracy of 0.961 to 0.972 (test 0.947 to
 //! 0.975). After 3 epochs cnn reached 0.933 to 0.983 (test the same), and each optimizer 0.878
 //! to 0.972. The linear model reached 0.90 to 0.93 after 5 epochs.
+//! The cnn in bf16 reached 0.922 to 0.978 after 3 epochs (test 0.933 to 0.961).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -115,6 +116,28 @@ fn cnn_learns_digits() {
         "test accuracy {}",
         result.test_accuracy()
     );
+}
+
+#[test]
+fn cnn_learns_digits_in_bf16() {
+    let mut bf16 = cnn_job(3);
+    bf16.config.precision = "bf16".to_string();
+    let (reports, result) = run(&bf16);
+    let result = result.unwrap();
+    let last = &reports[2];
+    assert!(last.val_accuracy > 0.9, "{last:?}");
+    assert!(
+        result.test_accuracy() > 0.9,
+        "test accuracy {}",
+        result.test_accuracy()
+    );
+    for (name, weight) in &result.weights {
+        assert_eq!(weight.kind(), Kind::Float, "{name}");
+    }
+    // The same run in fp32 starts from the same weights and batches, so only autocast can make
+    // its first epoch's loss differ.
+    let (fp32_reports, _) = run(&cnn_job(1));
+    assert_ne!(reports[0].train_loss, fp32_reports[0].train_loss);
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! trains it on a dataset and reports per-epoch metrics, then the metrics, class probabilities
 //! and weights of its best epoch.
 
+// The one place that calls C++: the autocast shim that build.rs compiles.
+#[allow(unsafe_code)]
+mod autocast;
 mod data;
 mod formats;
 mod imagefolder;
@@ -19,6 +22,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use tracing::{debug, info};
 use tunefleet_proto::hyper::TrainConfig;
 
+pub use self::autocast::{bf16_enabled, Bf16Autocast};
 pub use self::data::{infer_format, DataOptions, Normalize, FORMATS};
 pub use self::formats::{CIFAR_MEAN, CIFAR_STD};
 pub use self::metrics::{class_metrics, ClassMetrics};
@@ -229,7 +233,7 @@ pub fn train(
         optimizer.set_lr_group(BACKBONE_GROUP, lr * job.config.backbone_lr_factor);
         let frozen = backbone_frozen(&job.config, epoch);
         let train_loss = train_epoch(&net, &mut optimizer, &dataset.train, job, epoch, frozen)?;
-        let val = evaluate(&net, &dataset.val, dataset.num_classes)?;
+        let val = evaluate(&net, &dataset.val, dataset.num_classes, job)?;
         check_finite("val_loss", val.loss, epoch)?;
         let report = EpochReport {
             epoch,
@@ -270,9 +274,9 @@ pub fn train(
 
     let best = best.expect("the job has at least one epoch");
     best.restore(&vars)?;
-    let val = evaluate(&net, &dataset.val, dataset.num_classes)?;
+    let val = evaluate(&net, &dataset.val, dataset.num_classes, job)?;
     check_finite("val_loss", val.loss, best.epoch)?;
-    let test = evaluate(&net, &dataset.test, dataset.num_classes)?;
+    let test = evaluate(&net, &dataset.test, dataset.num_classes, job)?;
     check_finite("test_loss", test.loss, best.epoch)?;
     Ok(TrainResult {
         best_epoch: best.epoch,
@@ -312,16 +316,10 @@ fn check_job(job: &TrainJob) -> Result<(), TrainError> {
             "patience needs an objective metric to watch".to_string(),
         ));
     }
-    if job.config.precision == "bf16" {
-        // TODO: bf16 autocast on CUDA. tch 0.24's `autocast` enables libtorch's default CUDA
-        // autocast dtype, float16, and offers no way to choose bfloat16, so bf16 is rejected
-        // on every device for now.
-        let device = match job.device {
-            Device::Cpu => "the CPU",
-            _ => "this build",
-        };
+    if job.config.precision == "bf16" && !matches!(job.device, Device::Cpu | Device::Cuda(_)) {
         return Err(TrainError::Config(format!(
-            "precision \"bf16\" is not supported on {device}: use precision \"fp32\""
+            "precision \"bf16\" needs the CPU or a CUDA device, got {:?}",
+            job.device
         )));
     }
     Ok(())
@@ -436,14 +434,17 @@ fn train_epoch(
 
     for batch in batches {
         let (x, y) = batch?;
-        let logits = net.forward(&x, true, frozen);
-        let loss = logits.f_cross_entropy_loss::<Tensor>(
-            &y,
-            None,
-            Reduction::Mean,
-            -100,
-            job.config.label_smoothing,
-        )?;
+        let loss = {
+            let _autocast = autocast(job);
+            let logits = net.forward(&x, true, frozen);
+            logits.f_cross_entropy_loss::<Tensor>(
+                &y,
+                None,
+                Reduction::Mean,
+                -100,
+                job.config.label_smoothing,
+            )?
+        };
         let loss_value = loss.f_double_value(&[])?;
         // Stops at the first bad batch, before a NaN reaches the weights or wastes an epoch.
         check_finite("train_loss", loss_value, epoch)?;
@@ -490,8 +491,14 @@ impl Evaluation {
 }
 
 /// Evaluates `net` on `split` in eval mode (no dropout) without recording gradients.
-fn evaluate(net: &Network, split: &Split, num_classes: i64) -> Result<Evaluation, TrainError> {
+fn evaluate(
+    net: &Network,
+    split: &Split,
+    num_classes: i64,
+    job: &TrainJob,
+) -> Result<Evaluation, TrainError> {
     let _no_grad = tch::no_grad_guard();
+    let _autocast = autocast(job);
     let num_rows = split.num_rows();
     let mut loss_sum = 0.0;
     let mut probabilities = Vec::new();
@@ -519,6 +526,13 @@ fn evaluate(net: &Network, split: &Split, num_classes: i64) -> Result<Evaluation
         metrics,
         probabilities: Tensor::f_cat(&probabilities, 0)?,
     })
+}
+
+/// Enables bf16 autocast for the job's device until the guard is dropped when the job's
+/// precision is "bf16". The weights, gradients and optimizer state stay float32; only the
+/// operations that autocast selects, such as matmuls and convolutions, run in bfloat16.
+fn autocast(job: &TrainJob) -> Option<Bf16Autocast> {
+    (job.config.precision == "bf16").then(|| Bf16Autocast::new(job.device))
 }
 
 fn check_finite(metric: &'static str, value: f64, epoch: u32) -> Result<(), TrainError> {
