@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use prost::Message;
 use tonic::Request;
+use tunefleet_coordinator::security::Principal;
 use tunefleet_coordinator::{Coordinator, CoordinatorConfig};
 use tunefleet_proto::v1;
 use tunefleet_proto::v1::sweep_service_server::SweepService;
@@ -36,6 +37,8 @@ pub fn spec_parser(data: &[u8]) {
 const WORKER_PLACEHOLDER: &str = "W";
 const SWEEP_PLACEHOLDER: &str = "S";
 const TRIAL_PLACEHOLDER: &str = "T";
+/// The number of RPCs that `grpc_requests` selects from with its first byte.
+const NUM_METHODS: u8 = 17;
 
 /// A coordinator in a temporary directory with one worker, one sweep and one running trial.
 /// Inputs change its state, so an input that panics may need the inputs before it to panic
@@ -72,6 +75,14 @@ fn harness() -> &'static Harness {
 }
 
 /// Registers a worker, creates a sweep and starts its first trial.
+/// Wraps a message as the access checks pass it on when no authentication is configured, so
+/// that the handlers see the caller they expect.
+fn authorized<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.extensions_mut().insert(Principal::Anonymous);
+    request
+}
+
 async fn seed(coordinator: &Coordinator) -> (String, String, String) {
     let register = v1::RegisterWorkerRequest {
         hostname: "fuzz".to_string(),
@@ -82,7 +93,7 @@ async fn seed(coordinator: &Coordinator) -> (String, String, String) {
         }],
         ..Default::default()
     };
-    let worker_id = WorkerService::register_worker(coordinator, Request::new(register))
+    let worker_id = WorkerService::register_worker(coordinator, authorized(register))
         .await
         .expect("register a worker")
         .into_inner()
@@ -98,7 +109,7 @@ async fn seed(coordinator: &Coordinator) -> (String, String, String) {
         slot: 0,
         wait_ms: 0,
     };
-    let assignment = WorkerService::acquire_trial(coordinator, Request::new(acquire))
+    let assignment = WorkerService::acquire_trial(coordinator, authorized(acquire))
         .await
         .expect("acquire a trial")
         .into_inner()
@@ -134,7 +145,9 @@ pub fn grpc_requests(data: &[u8]) {
         return;
     };
     let harness = harness();
-    harness.runtime.block_on(call(harness, selector % 16, body));
+    harness
+        .runtime
+        .block_on(call(harness, selector % NUM_METHODS, body));
 }
 
 fn decode<M: Message + Default>(body: &[u8]) -> Option<M> {
@@ -146,65 +159,65 @@ async fn call(harness: &Harness, method: u8, body: &[u8]) {
     match method {
         0 => {
             if let Some(request) = decode::<v1::CreateSweepRequest>(body) {
-                let _ = SweepService::create_sweep(coordinator, Request::new(request)).await;
+                let _ = SweepService::create_sweep(coordinator, authorized(request)).await;
             }
         }
         1 => {
             if let Some(mut request) = decode::<v1::GetSweepRequest>(body) {
                 harness.fill(&mut request.sweep_id);
-                let _ = SweepService::get_sweep(coordinator, Request::new(request)).await;
+                let _ = SweepService::get_sweep(coordinator, authorized(request)).await;
             }
         }
         2 => {
             if let Some(request) = decode::<v1::ListSweepsRequest>(body) {
-                let _ = SweepService::list_sweeps(coordinator, Request::new(request)).await;
+                let _ = SweepService::list_sweeps(coordinator, authorized(request)).await;
             }
         }
         3 => {
             if let Some(mut request) = decode::<v1::CancelSweepRequest>(body) {
                 harness.fill(&mut request.sweep_id);
-                let _ = SweepService::cancel_sweep(coordinator, Request::new(request)).await;
+                let _ = SweepService::cancel_sweep(coordinator, authorized(request)).await;
             }
         }
         4 => {
             if let Some(mut request) = decode::<v1::ResumeSweepRequest>(body) {
                 harness.fill(&mut request.sweep_id);
-                let _ = SweepService::resume_sweep(coordinator, Request::new(request)).await;
+                let _ = SweepService::resume_sweep(coordinator, authorized(request)).await;
             }
         }
         5 => {
             if let Some(mut request) = decode::<v1::ListTrialsRequest>(body) {
                 harness.fill(&mut request.sweep_id);
-                let _ = SweepService::list_trials(coordinator, Request::new(request)).await;
+                let _ = SweepService::list_trials(coordinator, authorized(request)).await;
             }
         }
         6 => {
             if let Some(mut request) = decode::<v1::GetTrialRequest>(body) {
                 harness.fill(&mut request.trial_id);
-                let _ = SweepService::get_trial(coordinator, Request::new(request)).await;
+                let _ = SweepService::get_trial(coordinator, authorized(request)).await;
             }
         }
         7 => {
             if let Some(mut request) = decode::<v1::WatchSweepRequest>(body) {
                 harness.fill(&mut request.sweep_id);
                 // Opening the stream runs the handler; the stream itself is dropped unread.
-                let _ = SweepService::watch_sweep(coordinator, Request::new(request)).await;
+                let _ = SweepService::watch_sweep(coordinator, authorized(request)).await;
             }
         }
         8 => {
             if let Some(mut request) = decode::<v1::GetEnsembleRequest>(body) {
                 harness.fill(&mut request.sweep_id);
-                let _ = SweepService::get_ensemble(coordinator, Request::new(request)).await;
+                let _ = SweepService::get_ensemble(coordinator, authorized(request)).await;
             }
         }
         9 => {
             if let Some(request) = decode::<v1::ListWorkersRequest>(body) {
-                let _ = SweepService::list_workers(coordinator, Request::new(request)).await;
+                let _ = SweepService::list_workers(coordinator, authorized(request)).await;
             }
         }
         10 => {
             if let Some(request) = decode::<v1::RegisterWorkerRequest>(body) {
-                let _ = WorkerService::register_worker(coordinator, Request::new(request)).await;
+                let _ = WorkerService::register_worker(coordinator, authorized(request)).await;
             }
         }
         11 => {
@@ -214,7 +227,7 @@ async fn call(harness: &Harness, method: u8, body: &[u8]) {
                     harness.fill(&mut attempt.worker_id);
                     harness.fill(&mut attempt.trial_id);
                 }
-                let _ = WorkerService::heartbeat(coordinator, Request::new(request)).await;
+                let _ = WorkerService::heartbeat(coordinator, authorized(request)).await;
             }
         }
         12 => {
@@ -222,25 +235,31 @@ async fn call(harness: &Harness, method: u8, body: &[u8]) {
                 harness.fill(&mut request.worker_id);
                 // A long poll would only slow the fuzzer down.
                 request.wait_ms = 0;
-                let _ = WorkerService::acquire_trial(coordinator, Request::new(request)).await;
+                let _ = WorkerService::acquire_trial(coordinator, authorized(request)).await;
             }
         }
         13 => {
             if let Some(mut request) = decode::<v1::ReportEpochRequest>(body) {
                 harness.fill_attempt(&mut request.attempt);
-                let _ = WorkerService::report_epoch(coordinator, Request::new(request)).await;
+                let _ = WorkerService::report_epoch(coordinator, authorized(request)).await;
             }
         }
         14 => {
             if let Some(mut request) = decode::<v1::UploadArtifactRequest>(body) {
                 harness.fill_attempt(&mut request.attempt);
-                let _ = WorkerService::upload_artifact(coordinator, Request::new(request)).await;
+                let _ = WorkerService::upload_artifact(coordinator, authorized(request)).await;
+            }
+        }
+        15 => {
+            if let Some(mut request) = decode::<v1::CompleteAttemptRequest>(body) {
+                harness.fill_attempt(&mut request.attempt);
+                let _ = WorkerService::complete_attempt(coordinator, authorized(request)).await;
             }
         }
         _ => {
-            if let Some(mut request) = decode::<v1::CompleteAttemptRequest>(body) {
-                harness.fill_attempt(&mut request.attempt);
-                let _ = WorkerService::complete_attempt(coordinator, Request::new(request)).await;
+            if let Some(mut request) = decode::<v1::GetArtifactRequest>(body) {
+                harness.fill(&mut request.trial_id);
+                let _ = SweepService::get_artifact(coordinator, authorized(request)).await;
             }
         }
     }
