@@ -132,27 +132,66 @@ fn cifar10_resnet18_recipe_runs() {
 
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let sweep_id = report["sweep"]["sweep_id"].as_str().unwrap();
-    check_export(
+    let from_store = work.path().join("export");
+    let output = export(
         sweep_id,
-        &data_dir,
-        &work.path().join("export"),
-        &checkpoints,
+        &["--data-dir", data_dir.to_str().unwrap()],
+        &from_store,
     );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr:\n{stderr}");
+    check_export(&from_store, &checkpoints);
+
+    let from_coordinator = work.path().join("export-rpc");
+    export_through_coordinator(sweep_id, &data_dir, &from_coordinator);
+    check_export(&from_coordinator, &checkpoints);
 }
 
-/// Exports the sweep and checks the manifest and that every exported file is a safetensors
-/// file of a 10-class ResNet-18 with the bytes of a stored checkpoint.
-fn check_export(sweep_id: &str, data_dir: &Path, out: &Path, checkpoints: &[PathBuf]) {
-    let output = Command::new(env!("CARGO_BIN_EXE_tunefleet"))
-        .args(["export", sweep_id, "--data-dir"])
-        .arg(data_dir)
+/// Runs `tunefleet export SWEEP_ID SOURCE.. --out OUT`.
+fn export(sweep_id: &str, source: &[&str], out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tunefleet"))
+        .args(["export", sweep_id])
+        .args(source)
         .arg("--out")
         .arg(out)
         .output()
-        .expect("failed to start tunefleet");
+        .expect("failed to start tunefleet")
+}
+
+/// Serves `data_dir` with a coordinator on loopback and exports the sweep through its
+/// GetArtifact RPC, retrying until the coordinator accepts connections.
+fn export_through_coordinator(sweep_id: &str, data_dir: &Path, out: &Path) {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(data_dir.join("../coordinator.log")).unwrap();
+    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_tunefleet"))
+        .args(["coordinator", "--listen", &listen, "--data-dir"])
+        .arg(data_dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("failed to start the coordinator");
+    let url = format!("http://{listen}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let output = loop {
+        let output = export(sweep_id, &["--coordinator", &url], out);
+        if output.status.success() || std::time::Instant::now() > deadline {
+            break output;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    coordinator.kill().unwrap();
+    coordinator.wait().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "stderr:\n{stderr}");
+}
 
+/// Checks the manifest in `out` and that every exported file is a safetensors file of a
+/// 10-class ResNet-18 with the bytes of a stored checkpoint.
+fn check_export(out: &Path, checkpoints: &[PathBuf]) {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["architecture"], "resnet18");
