@@ -1,7 +1,7 @@
 """Optuna reference for the search benchmark.
 
 Runs Optuna's TPESampler with its defaults on the functions of coordinator/benches/search.rs,
-sequentially (each trial sees every earlier result), and prints one JSON line per function and
+sequentially (each trial is asked after every earlier result is told), and prints one JSON line per function and
 seed with the best value after each budget, with the same keys as the Rust bench.
 
     python scripts/bench_search.py [--seeds 30] [--trials 100] [--budgets 50,100]

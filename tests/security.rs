@@ -423,7 +423,7 @@ async fn oversized_request_is_rejected_and_server_lives() {
     fleet.stop().await;
 }
 
-/// Calls `path` with a message whose field 3 holds bytes that are not UTF-8, where
+/// Calls `path` with a message whose field 3 contains bytes that are not UTF-8, where
 /// `RegisterWorkerRequest` has its version string.
 async fn send_garbage(
     channel: &Channel,

@@ -1,5 +1,5 @@
-//! Measures how well each search method minimises three test functions when every trial sees
-//! all earlier results: Branin (2-d), Hartmann-6 and a mixed space with a categorical parameter
+//! Measures how well each search method minimises three test functions when every trial is
+//! created after all earlier results are known: Branin (2-d), Hartmann-6 and a mixed space with a categorical parameter
 //! and two conditional ones. It calls the search module directly, with no coordinator.
 //!
 //! For each function, method and seed, the run creates `--trials` trials in order, evaluates

@@ -89,8 +89,8 @@ impl Gate {
         *self.role.write().unwrap_or_else(|e| e.into_inner()) = role;
     }
 
-    /// Returns SERVING on a leader that is not degraded and on a follower that knows the
-    /// leader to forward to, else NOT_SERVING.
+    /// Returns SERVING on a leader that is not degraded and on a follower that has a leader
+    /// to forward to, else NOT_SERVING.
     fn serving_status(&self) -> tonic_health::ServingStatus {
         match &*self.role.read().unwrap_or_else(|e| e.into_inner()) {
             Role::Leader(coordinator) => coordinator.serving_status(),

@@ -77,8 +77,8 @@ pub fn bracket_of(rule: &HalvingRule, trial_index: u32) -> u32 {
     trial_index % rule.brackets.max(1)
 }
 
-/// The median stopping rule: stop when the trial's best value up to `epoch` is worse than the
-/// median of the other trials' running averages up to `epoch`. Only trials that reported
+/// Applies the median stopping rule: stop when the trial's best value up to `epoch` is worse
+/// than the median of the other trials' running averages up to `epoch`. Only trials that reported
 /// `epoch` count, and a value equal to the median goes on.
 fn judge_median(
     rule: &MedianRule,

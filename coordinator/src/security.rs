@@ -27,9 +27,9 @@ pub const MAX_REGISTRATIONS_PER_WINDOW: u32 = 10;
 pub const REGISTRATION_WINDOW: Duration = Duration::from_secs(60);
 /// How long a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Refusals logged per `REFUSAL_LOG_WINDOW`; the rest are counted and summed up in the next line.
-const MAX_REFUSAL_LOGS_PER_WINDOW: u32 = 20;
-const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+/// Refusals logged per `REJECTION_LOG_WINDOW`; the rest are counted and summed up in the next line.
+const MAX_REJECTION_LOGS_PER_WINDOW: u32 = 20;
+const REJECTION_LOG_WINDOW: Duration = Duration::from_secs(10);
 /// Registration windows remembered before old ones are dropped.
 const MAX_REGISTRATION_KEYS: usize = 4096;
 
@@ -126,14 +126,14 @@ pub fn require_write<T>(request: &Request<T>, rpc: &str) -> Result<(), Status> {
             let status = Status::permission_denied(format!(
                 "token {token_name:?} is read-only: {rpc} needs a read-write token"
             ));
-            log_refusal(rpc, &format!("token {token_name:?}"), &status);
+            log_rejection(rpc, &format!("token {token_name:?}"), &status);
             Err(status)
         }
         Principal::Worker { identity } => {
             let status = Status::permission_denied(format!(
                 "worker certificate {identity:?} cannot call {rpc}"
             ));
-            log_refusal(rpc, &format!("certificate {identity:?}"), &status);
+            log_rejection(rpc, &format!("certificate {identity:?}"), &status);
             Err(status)
         }
     }
@@ -383,7 +383,7 @@ impl AccessPolicy {
     pub fn check_sweep_call(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let principal = self
             .sweep_principal(&request)
-            .inspect_err(|status| log_refusal("sweep API", &peer_name(&request), status))?;
+            .inspect_err(|status| log_rejection("sweep API", &peer_name(&request), status))?;
         request.extensions_mut().insert(principal);
         Ok(request)
     }
@@ -392,7 +392,7 @@ impl AccessPolicy {
     pub fn check_worker_call(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let principal = self
             .worker_principal(&request)
-            .inspect_err(|status| log_refusal("worker API", &peer_name(&request), status))?;
+            .inspect_err(|status| log_rejection("worker API", &peer_name(&request), status))?;
         request.extensions_mut().insert(principal);
         Ok(request)
     }
@@ -518,7 +518,7 @@ impl RegistrationLimiter {
                 "too many RegisterWorker calls from {key}: at most {MAX_REGISTRATIONS_PER_WINDOW} per {} s; retry later",
                 REGISTRATION_WINDOW.as_secs()
             ));
-            log_refusal("RegisterWorker", key, &status);
+            log_rejection("RegisterWorker", key, &status);
             return Err(status);
         }
         Ok(())
@@ -552,27 +552,27 @@ fn token_on_worker_api() -> Status {
 }
 
 /// Refusals logged in the current window, shared by every coordinator in the process.
-static REFUSALS: Mutex<RefusalWindow> = Mutex::new(RefusalWindow {
+static REJECTIONS: Mutex<RejectionWindow> = Mutex::new(RejectionWindow {
     start: None,
     num_logged: 0,
     num_suppressed: 0,
 });
 
-struct RefusalWindow {
+struct RejectionWindow {
     start: Option<Instant>,
     num_logged: u32,
     num_suppressed: u64,
 }
 
-/// Logs a rejected call at warn, at most `MAX_REFUSAL_LOGS_PER_WINDOW` lines per window. The
+/// Logs a rejected call at warn, at most `MAX_REJECTION_LOGS_PER_WINDOW` lines per window. The
 /// rest are counted, and the first line of the next window states how many were left out.
 /// `caller` names the caller without a secret.
-pub fn log_refusal(rpc: &str, caller: &str, status: &Status) {
-    let mut window = REFUSALS.lock().unwrap_or_else(|e| e.into_inner());
+pub fn log_rejection(rpc: &str, caller: &str, status: &Status) {
+    let mut window = REJECTIONS.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
     if window
         .start
-        .is_none_or(|start| now.duration_since(start) >= REFUSAL_LOG_WINDOW)
+        .is_none_or(|start| now.duration_since(start) >= REJECTION_LOG_WINDOW)
     {
         if window.num_suppressed > 0 {
             tracing::warn!(
@@ -580,13 +580,13 @@ pub fn log_refusal(rpc: &str, caller: &str, status: &Status) {
                 "more requests were rejected than logged"
             );
         }
-        *window = RefusalWindow {
+        *window = RejectionWindow {
             start: Some(now),
             num_logged: 0,
             num_suppressed: 0,
         };
     }
-    if window.num_logged >= MAX_REFUSAL_LOGS_PER_WINDOW {
+    if window.num_logged >= MAX_REJECTION_LOGS_PER_WINDOW {
         window.num_suppressed += 1;
         return;
     }

@@ -22,7 +22,7 @@ use crate::artifacts::{ArtifactStore, LocalArtifacts};
 use crate::error::CoordinatorError;
 use crate::observe::{self, CoordinatorMetrics, MetricsEndpoint, StateCounts};
 use crate::security::{
-    log_refusal, principal_of, registration_key, require_write, AccessPolicy, Principal,
+    log_rejection, principal_of, registration_key, require_write, AccessPolicy, Principal,
     RegistrationLimiter, ServerSecurity,
 };
 use crate::spec::SweepSpec;
@@ -550,8 +550,8 @@ fn run_blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Serves a sweep API and a worker API on `listener` with message size limits, the server-side
-/// timeout, TLS when configured and the access checks of `policy` in front of both, beside the
-/// health and reflection services and the metrics endpoint of `plan`.
+/// timeout, TLS when configured and the access checks of `policy` in front of both. The health
+/// and reflection services and the metrics endpoint of `plan` are served beside them.
 pub(crate) async fn serve_services<S: SweepService, W: WorkerService>(
     sweeps: S,
     workers: W,
@@ -976,7 +976,7 @@ impl Coordinator {
         let status = Status::permission_denied(format!(
             "certificate {identity:?} cannot act for worker {worker_id}: it registered with another certificate"
         ));
-        log_refusal(rpc, &format!("certificate {identity:?}"), &status);
+        log_rejection(rpc, &format!("certificate {identity:?}"), &status);
         Err(status)
     }
 

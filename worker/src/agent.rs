@@ -278,7 +278,8 @@ pub async fn run_with_metrics(
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             };
             let server = tokio::spawn(async move {
-                // A worker that serves is ready: it needs no coordinator to answer probes.
+                // A serving worker reports ready, because its probes do not depend on the
+                // coordinator.
                 let served = tunefleet_telemetry::serve_metrics(
                     endpoint.listener,
                     Arc::new(registry),

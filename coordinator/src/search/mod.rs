@@ -26,7 +26,7 @@ pub(crate) use self::grid::grid_size;
 pub use self::space::quantize;
 pub(crate) use self::space::same_point;
 
-/// A finished trial as TPE sees it: its parameters and its objective value.
+/// A finished trial as TPE uses it: its parameters and its objective value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     /// The trial's index in the sweep; TPE weighs recent observations more.
@@ -447,7 +447,8 @@ mod tests {
                 let Value::Float(lr) = *value_of(&params, "lr") else {
                     panic!("lr is not a float: {params:?}");
                 };
-                assert!(lr > 0.0 && lr <= 0.5, "lr {lr}");
+                assert!(lr > 0.0, "lr {lr}");
+                assert!(lr <= 0.5, "lr {lr}");
                 let Value::Int(hidden_size) = *value_of(&params, "hidden_size") else {
                     panic!("hidden_size is not an int: {params:?}");
                 };

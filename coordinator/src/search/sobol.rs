@@ -3,9 +3,9 @@
 //!
 //! `sobol_burley` (Burley, "Practical Hash-based Owen Scrambling", JCGT 2020) scrambles and
 //! shuffles the sequence with a 32-bit seed, so every prefix of 2^k points keeps the
-//! stratification of a Sobol net. Its points have 24 bits (`f32`); the trial's ChaCha8 stream
-//! fills the bits below, uniformly within each point's cell, so continuous parameters get
-//! distinct values without losing the stratification.
+//! stratification of a Sobol net. Its points have 24 bits (`f32`), so the trial's ChaCha8
+//! stream fills the bits below, uniformly within each point's cell. Continuous parameters then
+//! get distinct values without losing the stratification.
 
 use rand::Rng;
 use tunefleet_proto::Value;

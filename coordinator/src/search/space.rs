@@ -24,7 +24,7 @@ pub(super) fn build_point(
     point
 }
 
-/// Reports whether every condition of `parameter` holds in the point built so far. A parent
+/// Reports whether every condition of `parameter` is met by the point built so far. A parent
 /// that is absent from the point is inactive, so its children are too.
 pub(super) fn is_active(parameter: &ParameterSpec, point: &[(String, Value)]) -> bool {
     parameter.when.iter().all(|condition| {

@@ -84,7 +84,7 @@ fn split<'a>(
     let num_below = num_below.clamp(1, n);
     let mut ranked: Vec<&Observation> = observations.iter().collect();
     // As in Optuna, every trial that ran to the end ranks above every pruned trial, and a trial
-    // pruned later ranks above one pruned earlier; values break the ties within each group.
+    // pruned later ranks above one pruned earlier. Values break the ties within each group.
     ranked.sort_by(|a, b| {
         let depth = |o: &Observation| o.pruned_at_epoch.map_or(u64::MAX, u64::from);
         let order = a.value.total_cmp(&b.value);
@@ -154,9 +154,9 @@ fn sample_group(
         .collect()
 }
 
-/// The internal coordinates of the observations in which every parameter of the group is
-/// present, one row per observation in index order. A value the domain cannot produce (from an
-/// edited spec) drops the observation.
+/// Returns the internal coordinates of the observations in which every parameter of the group
+/// is present, one row per observation in index order. A value the domain cannot produce (from
+/// an edited spec) drops the observation.
 fn observed(
     group: &[&ParameterSpec],
     models: &[Model],
@@ -180,7 +180,7 @@ fn observed(
         .collect()
 }
 
-/// How a parameter is modelled.
+/// The model of one parameter's domain in TPE's internal space.
 enum Model {
     /// Values by position, with the prior probability of each.
     Categorical { prior: Vec<f64> },

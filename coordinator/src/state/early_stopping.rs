@@ -17,6 +17,7 @@ impl Scheduler {
         let entry = &self.sweeps[&sweep_id];
         let rule = entry.spec.early_stopping.as_ref()?;
         let metric = &entry.spec.objective.metric;
+
         // NOTE: every report rebuilds the curves of all the sweep's trials, which costs
         // O(trials x epochs) under the scheduler's lock. Sweeps of many thousands of trials would
         // need the rung results kept incrementally instead.
@@ -28,6 +29,7 @@ impl Scheduler {
             .collect();
         let curve = objective_curve(trial, metric);
         let judgement = pruning::judge(rule, entry.spec.objective.goal, &curve, &others, epoch)?;
+
         tracing::info!(
             %sweep_id,
             %trial_id,

@@ -37,7 +37,7 @@ pub struct Bf16Autocast {
 
 impl Bf16Autocast {
     /// Enables bf16 autocast on this thread for the CPU when `device` is the CPU, and for CUDA
-    /// otherwise; the trainer accepts bf16 only on the CPU and CUDA devices.
+    /// otherwise. The trainer accepts bf16 only on the CPU and CUDA devices.
     pub fn new(device: Device) -> Bf16Autocast {
         let device = device_code(device);
         // SAFETY: the shim's functions take plain integers and touch only libtorch's
